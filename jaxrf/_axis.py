@@ -119,8 +119,8 @@ def _step(w: Window) -> Fraction:
 def size_recurrence(chain: Sequence[Window]) -> Number:
     """Distill eq. (1), from the output back: ``r_L = 1``, ``r_{l-1} = s_l r_l + (k'_l - s_l)``.
 
-    With input dilation the kernel and stride are measured in input features: ``k'/D`` and
-    ``s/D``.
+    With input dilation ``D`` the stride and the kernel's extent are measured in input
+    features: ``s/D`` and ``(k' - 1)/D + 1``.
 
     Example:
         >>> size_recurrence([Window(3), Window(3)])   # two 3x3 stride-1 convs
@@ -128,7 +128,7 @@ def size_recurrence(chain: Sequence[Window]) -> Number:
     """
     r = Fraction(1)
     for w in reversed(chain):
-        s, k = _step(w), Fraction(w.span, w.input_dilation)
+        s, k = _step(w), Fraction(w.span - 1, w.input_dilation) + 1
         r = s * r + (k - s)
     return as_number(r)
 
