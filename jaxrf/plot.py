@@ -22,6 +22,7 @@ import numpy as np
 from matplotlib import colors
 from matplotlib.axes import Axes
 from matplotlib.patches import Rectangle
+from matplotlib.ticker import MaxNLocator
 
 from ._field import LayerRecord, ReceptiveField
 
@@ -394,6 +395,7 @@ def alignment_regions(
     ax.set_xlabel(f"input position along axis {axis}")
     ax.set_ylabel(f"output position along axis {axis}")
     ax.set_yticks(range(rf.output_shape[axis]))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return ax
 
 
