@@ -7,6 +7,8 @@ from importlib.metadata import PackageNotFoundError, version
 
 from ._axis import Window as Window
 from ._axis import same_padding as same_padding
+from ._crop import Crop as Crop
+from ._crop import crop_for_unit as crop_for_unit
 from ._field import GlobalReceptiveFieldWarning as GlobalReceptiveFieldWarning
 from ._field import LayerRecord as LayerRecord
 from ._field import MisalignmentWarning as MisalignmentWarning
