@@ -7,6 +7,24 @@ from importlib.metadata import PackageNotFoundError, version
 
 from ._axis import Window as Window
 from ._axis import same_padding as same_padding
+from ._erf import EffectiveReceptiveField as EffectiveReceptiveField
+from ._erf import effective_receptive_field as effective_receptive_field
+from ._probe import ActualReceptiveField as ActualReceptiveField
+from ._probe import NonFiniteGradientError as NonFiniteGradientError
+from ._probe import NonFiniteGradientWarning as NonFiniteGradientWarning
+from ._probe import SupportMap as SupportMap
+from ._probe import actual_receptive_field as actual_receptive_field
+from ._probe import gradient_map as gradient_map
+from ._probe import support_map as support_map
+from ._stats import AreaRatio as AreaRatio
+from ._stats import LuoSize as LuoSize
+from ._stats import area_ratio as area_ratio
+from ._stats import centroid as centroid
+from ._stats import centroid_offset as centroid_offset
+from ._stats import erf_std as erf_std
+from ._stats import luo_size as luo_size
+from ._stats import share_inside as share_inside
+from ._structural import supported_primitives as structural_primitives
 from ._crop import Crop as Crop
 from ._crop import crop_for_unit as crop_for_unit
 from ._field import GlobalReceptiveFieldWarning as GlobalReceptiveFieldWarning
@@ -18,6 +36,9 @@ from ._layers import Global as Global
 from ._layers import Layer as Layer
 from ._layers import Parallel as Parallel
 from ._layers import from_layers as from_layers
+from ._rules import register_rule as register_rule
+from ._table import layer_table as layer_table
+from ._trace import receptive_field as receptive_field
 
 try:
     __version__ = version("jaxrf")

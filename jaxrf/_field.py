@@ -341,7 +341,7 @@ class ReceptiveField:
 
     def _summary(self) -> tuple[tuple[Number, ...], tuple[Number, ...], tuple[Number, ...]]:
         local = [p for p in self.paths if not p.is_global]
-        if self.is_global and not local:
+        if self.is_global:  # a global path: every output reads the whole input
             return self.input_shape, (0,) * self.ndim, (0,) * self.ndim
         if len(local) == 1:
             p = local[0]
@@ -498,3 +498,83 @@ class ReceptiveField:
             lines.append("  MISALIGNED paths (region changes with the output position):")
             lines += [f"    {p.describe()}" for p in self.paths if not p.is_global]
         return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------
+# Constant-matrix patterns along one axis (interpolation, nearest-neighbour gathers,
+# reductions): added for the jaxpr walker.
+# ---------------------------------------------------------------------------------------
+
+
+def pattern_band(pattern: np.ndarray) -> tuple[Fraction, Fraction, Fraction] | None:
+    """Smallest affine band ``(r, S, P)`` holding every row of a boolean ``(n_out, n_in)`` matrix.
+
+    The stride is fixed at ``S = n_in / n_out`` (a resize by ``n_out / n_in``); ``P`` and ``r``
+    are the smallest with ``S i - P <= lo_i`` and ``hi_i <= S i - P + r - 1`` for every row
+    ``i`` that reads something (``lo_i``/``hi_i``: its first and last True column). None when no
+    row reads anything. For a bilinear 2x upsampling ``r = 5/2``, ``P = 1``: the centre offset
+    ``(r - 1)/2 - P = -1/4`` is the half-pixel centre ``(i + 1/2)/2 - 1/2`` of output ``i``.
+
+    Example:
+        >>> pattern_band(np.eye(4, dtype=bool)[[0, 0, 1, 1, 2, 2, 3, 3]])  # nearest, 2x
+        (Fraction(3, 2), Fraction(1, 2), Fraction(1, 2))
+    """
+    n_out, n_in = pattern.shape
+    hit = pattern.any(axis=1)
+    if not hit.any():
+        return None
+    i = np.flatnonzero(hit)
+    lo = pattern[i].argmax(axis=1)
+    hi = n_in - 1 - pattern[i, ::-1].argmax(axis=1)
+    # S i - lo = (n_in i - n_out lo) / n_out, all integers over n_out: exact.
+    pad = Fraction(int((n_in * i - n_out * lo).max()), n_out)
+    top = Fraction(int((n_out * hi - n_in * i).max()), n_out)
+    return top + pad + 1, Fraction(n_in, n_out), pad
+
+
+def pattern_through(
+    state: FieldState, axis: int, pattern: np.ndarray, name: str, is_global: bool = False
+) -> FieldState:
+    """Apply a constant boolean pattern ``(n_out, n_map)`` along spatial ``axis`` of a map.
+
+    Output feature ``i`` on that axis reads the map features ``j`` with ``pattern[i, j]``:
+    the dependence matrix becomes the boolean product ``pattern @ dep`` (exact, per index).
+    Paths follow the pattern's :func:`pattern_band` (``r' = r + S (r_m - 1)``, ``S' = S S_m``,
+    ``P' = P + S P_m``), or become one global path with ``is_global`` (a reduction).
+    """
+    pattern = np.asarray(pattern, dtype=bool)
+    if pattern.shape[1] != state.shape[axis]:
+        raise ValueError(
+            f"'{name}': pattern has {pattern.shape[1]} columns but spatial axis {axis} of the "
+            f"map has {state.shape[axis]} features; they must be equal."
+        )
+    shape = state.shape[:axis] + (pattern.shape[0],) + state.shape[axis + 1 :]
+    weights = pattern.astype(np.float32)
+    terms = merge_terms(
+        [
+            t[:axis] + ((weights @ t[axis].astype(np.float32)) > 0,) + t[axis + 1 :]
+            for t in state.terms
+        ]
+    )
+    ndim = len(shape)
+    band = None if is_global else pattern_band(pattern)
+    if is_global:
+        zero = (Fraction(0),) * ndim
+        paths = (Path(zero, zero, zero, name, True),)
+    elif band is None:
+        paths = state.paths
+    else:
+        r_m, s_m, p_m = band
+        paths = []
+        for p in state.paths:
+            if p.is_global:
+                paths.append(replace(p, name=name))
+                continue
+            size, stride, padding = list(p.size), list(p.stride), list(p.padding)
+            S = stride[axis]
+            size[axis] = size[axis] + S * (r_m - 1)
+            stride[axis] = S * s_m
+            padding[axis] = padding[axis] + S * p_m
+            paths.append(Path(tuple(size), tuple(stride), tuple(padding), name))
+        paths = tuple(paths)
+    return FieldState(shape, paths, terms)
