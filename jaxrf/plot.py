@@ -81,7 +81,8 @@ def erf_heatmap(
         rf: the analytic :class:`~jaxrf.ReceptiveField` of the probed network. When given, the
             unclipped region ``rf.region(index)`` is drawn as a dashed red rectangle, the
             clipped one ``rf.region(index, clip=True)`` as a solid white rectangle, and
-            ``rf.center(index)`` as a red cross.
+            ``rf.center(index)`` as a red cross. The axes extend into the padding as far as the
+            unclipped region, by at most a quarter of the input size.
         index: the output position that was probed; defaults to ``n // 2`` per output axis.
         log: False: linear colour scale from 0 to the maximum. True: logarithmic scale from the
             smallest positive value to the maximum; zeros (pixels outside the support) are drawn
@@ -172,10 +173,18 @@ def erf_heatmap(
             ls="none",
             label="analytic centre",
         )
-        # Show the whole unclipped region even where it reaches into the padding.
+        # Show the unclipped region where it reaches into the padding, up to a margin of a
+        # quarter of the input (a region far larger than the input would shrink the image).
         (r0, r1), (c0, c1) = rf.region(index)
-        ax.set_xlim(min(-0.5, c0 - 1.0), max(data.shape[1] - 0.5, c1 + 1.0))
-        ax.set_ylim(max(data.shape[0] - 0.5, r1 + 1.0), min(-0.5, r0 - 1.0))
+        mh, mw = (max(2.0, n / 4) for n in data.shape)
+        ax.set_xlim(
+            max(min(-0.5, c0 - 1.0), -0.5 - mw),
+            min(max(data.shape[1] - 0.5, c1 + 1.0), data.shape[1] - 0.5 + mw),
+        )
+        ax.set_ylim(
+            min(max(data.shape[0] - 0.5, r1 + 1.0), data.shape[0] - 0.5 + mh),
+            max(min(-0.5, r0 - 1.0), -0.5 - mh),
+        )
     if title is not None:
         ax.set_title(title)
     return ax
