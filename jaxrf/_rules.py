@@ -94,18 +94,25 @@ def _spatial_windows(ctx, eqn, dep: Dependent, windows: Sequence[Window | None])
     out = [Window(1)] * ctx.ndim
     touched = False
     for label, w in zip(dep.axes, windows, strict=True):
-        if w is None or _trivial(w) or label is None:
+        if w is None or label is None:
             continue  # a window along batch or channels leaves the spatial field unchanged
         if isinstance(label, Flat):
+            if _trivial(w):
+                continue
             raise Mixing(f"a window {w} along a flattened axis {label}")
         out[label] = w
-        touched = True
-    return tuple(out) if touched else None
+        touched = touched or not _trivial(w)
+    return tuple(out), touched
 
 
-def _through(ctx, eqn, dep: Dependent, windows, axes, op: str) -> Dependent:
-    spatial = _spatial_windows(ctx, eqn, dep, windows)
-    if spatial is None:
+def _through(ctx, eqn, dep: Dependent, windows, axes, op: str, layer: bool = False) -> Dependent:
+    """Push ``dep`` through per-array-axis ``windows``; record a layer if it moved, or always
+    when ``layer`` (convolutions and pools are layers even when 1x1)."""
+    spatial, touched = _spatial_windows(ctx, eqn, dep, windows)
+    if not touched:
+        if layer and any(a is not None for a in dep.axes):
+            name = ctx.layer_name(eqn, op)
+            ctx.record(dep.state, name, op, spatial)
         return Dependent(dep.state, tuple(axes))
     name = ctx.layer_name(eqn, op)
     state = dep.state.through(spatial, name)
@@ -205,7 +212,7 @@ def conv(ctx, eqn, inputs):
     for k in (0, 1):
         if lhs.axes[lhs_spec[k]] is not None:
             raise Mixing(f"the convolution's batch or feature axis holds {lhs.axes[lhs_spec[k]]}")
-    return [_through(ctx, eqn, lhs, windows, axes, "conv")]
+    return [_through(ctx, eqn, lhs, windows, axes, "conv", layer=True)]
 
 
 _POOL_OPS = {
@@ -238,7 +245,7 @@ def reduce_window(ctx, eqn, inputs):
             strict=True,
         )
     ]
-    out = _through(ctx, eqn, dep, windows, dep.axes, _POOL_OPS[eqn.primitive.name])
+    out = _through(ctx, eqn, dep, windows, dep.axes, _POOL_OPS[eqn.primitive.name], layer=True)
     return [out] * n_out
 
 
@@ -312,8 +319,8 @@ def concatenate(ctx, eqn, inputs):
     for k, dep in deps:
         windows: list[Window | None] = [None] * len(dep.axes)
         windows[d] = Window(1, 1, (int(offsets[k]), int(total - offsets[k] - sizes[k])))
-        spatial = _spatial_windows(ctx, eqn, dep, windows)
-        state = dep.state.through(spatial, ctx.layer_name(eqn, "concat")) if spatial else dep.state
+        spatial, touched = _spatial_windows(ctx, eqn, dep, windows)
+        state = dep.state.through(spatial, ctx.layer_name(eqn, "concat")) if touched else dep.state
         placed.append(Dependent(state, dep.axes))
     return [unify(ctx, eqn, placed, "concat")]
 
