@@ -120,6 +120,18 @@ def test_keras_resnet50():
     assert rf.aligned
 
 
+@pytest.mark.slow
+def test_keras_inception_v3():
+    # Published (Araujo et al., inception_v3 Mixed_7c at 224): 1311, 32, 618; VALID stem: 5x5
+    rf = _keras_field("InceptionV3")
+    assert (rf.size, rf.stride, rf.padding, rf.output_shape) == (
+        (1311, 1311),
+        (32, 32),
+        (618, 618),
+        (5, 5),
+    )
+
+
 # Applications seen to trace, with what is known by hand: five stride-2 stages (output 7x7 at
 # 224, effective stride 32); EfficientNet's squeeze-excitation blocks make it global.
 KERAS_TRACED = [("MobileNetV2", False), ("DenseNet121", False), ("EfficientNetB0", True)]
