@@ -1,0 +1,67 @@
+"""Smoke test of experiments/benchmark.py: the --quick run of the crop section writes its CSV.
+
+The numbers of a --quick run mean nothing (tiny sizes); what this guarantees is that the script
+runs end to end and that, on the cropped ResNet, the cropped map equals the full-image map and
+the full-image map has no mass outside the crop.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    lines = [line for line in path.read_text().splitlines() if not line.startswith("# ")]
+    return list(csv.DictReader(lines))
+
+
+def _run(tmp_path: Path, sections: str) -> list[dict[str, str]]:
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "experiments" / "benchmark.py"),
+            "--quick",
+            "--sections",
+            sections,
+            "--out-dir",
+            str(tmp_path),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    assert (tmp_path / "benchmark_quick.md").exists()
+    return _rows(tmp_path / "benchmark_quick.csv")
+
+
+def test_quick_crop_section(tmp_path):
+    pytest.importorskip("torch")
+    rows = {(r["section"], r["metric"]): r for r in _run(tmp_path, "c")}
+    diff = rows[("c", "crop vs full-image map, max rel. difference")]
+    outside = rows[("c", "full-image map mass outside the crop")]
+    assert float(diff["value"]) < 1e-5  # float32 rounding at most (exact in float64: test_crop)
+    assert float(outside["value"]) == 0.0
+    assert float(rows[("c", "ratio crop / torch loop")]["value"]) > 0
+
+
+@pytest.mark.slow
+def test_quick_all_sections(tmp_path):
+    pytest.importorskip("torch")
+    rows = _run(tmp_path, "abcde")
+    assert {r["section"] for r in rows} == set("abcde")
+
+
+def test_torch_is_not_a_runtime_dependency():
+    spec = importlib.util.find_spec("jaxrf")
+    assert spec is not None
+    text = (ROOT / "pyproject.toml").read_text()
+    deps = text.split("dependencies = [", 1)[1].split("]", 1)[0]
+    assert "torch" not in deps
