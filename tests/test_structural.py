@@ -32,7 +32,8 @@ def max_pool(x, k, s, padding="VALID"):
 
 
 def kernel(key, k, nd, cin=1, cout=1):
-    return jax.random.normal(jax.random.key(key), (*(k,) * nd, cin, cout))
+    rng = np.random.default_rng(key)  # numpy: no PRNG program traced into every network
+    return jnp.asarray(rng.normal(size=(*(k,) * nd, cin, cout)), jnp.float32)
 
 
 def net_a(x):  # 2-D: conv3 SAME, relu, maxpool 2/2, conv3 stride 2 pad 1, relu

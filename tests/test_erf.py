@@ -1,0 +1,134 @@
+"""Effective receptive field: exact n-fold box maps, streaming, weight draws, errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxrf
+
+
+def conv(x, w, padding="VALID"):
+    nd = x.ndim - 2
+    spec = "N" + "DHW"[3 - nd :] + "C"
+    return jax.lax.conv_general_dilated(
+        x, w, (1,) * nd, padding, dimension_numbers=(spec, "DHW"[3 - nd :] + "IO", spec)
+    )
+
+
+# Coefficients of (1 + z + z^2)^n: the n-fold convolution of a 3-box, by hand.
+BOX_POWERS = {
+    1: [1, 1, 1],
+    2: [1, 2, 3, 2, 1],
+    4: [1, 4, 10, 16, 19, 16, 10, 4, 1],
+}
+
+
+@pytest.mark.parametrize("n", [1, 2, 4, 8])
+def test_linear_uniform_stack_is_box_convolution(n):
+    with jax.enable_x64(True):
+        w = jnp.ones((3, 3, 1, 1), jnp.float64)
+
+        def fn(x):
+            for _ in range(n):
+                x = conv(x, w)
+            return x
+
+        size = 2 * n + 5  # output 5 x 5, centre (2, 2) reads rows 2 .. 2 + 2n
+        x = jax.random.normal(jax.random.key(0), (3, size, size, 1), jnp.float64)
+        erf = jaxrf.effective_receptive_field(fn, x, "center", reduce="signed")
+        assert erf.index == (2, 2) and erf.count == 3 and erf.map.dtype == np.float64
+        variance = n * (3**2 - 1) / 12
+        for s in erf.std():
+            assert abs(s**2 - variance) < 1e-9
+        assert erf.centroid() == pytest.approx((2 + n, 2 + n), abs=1e-12)
+        if n in BOX_POWERS:
+            b = np.zeros(size)
+            b[2 : 2 + 2 * n + 1] = BOX_POWERS[n]
+            np.testing.assert_array_equal(erf.map, np.outer(b, b))
+
+
+W1 = np.random.default_rng(1).normal(size=(3, 2, 4))
+W2 = np.random.default_rng(2).normal(size=(3, 4, 3))
+
+
+def relu_net(x):
+    x = jax.nn.relu(conv(x, W1.astype(x.dtype)))
+    return conv(x, W2.astype(x.dtype))
+
+
+def test_streaming_equals_one_batch():
+    with jax.enable_x64(True):
+        x = jax.random.normal(jax.random.key(5), (11, 9, 2), jnp.float64)
+        one = jaxrf.effective_receptive_field(relu_net, x, (2,))
+        chunked = jaxrf.effective_receptive_field(relu_net, x, (2,), batch_size=4)
+        listed = jaxrf.effective_receptive_field(relu_net, [x[:4], x[4:8], x[8:]], (2,))
+        gen = jaxrf.effective_receptive_field(relu_net, (x[i : i + 4] for i in (0, 4, 8)), (2,))
+        # Independent check: mean of per-sample gradient maps (a different code path).
+        manual = np.mean(
+            [jaxrf.gradient_map(relu_net, x[i : i + 1], (2,))[0] for i in range(11)], axis=0
+        )
+        for erf in (one, chunked, listed, gen):
+            assert erf.count == 11
+            np.testing.assert_allclose(erf.map, manual, rtol=1e-12, atol=1e-14)
+
+
+def test_weight_draws_luo_protocol():
+    def init_fn(key):
+        return jax.random.normal(key, (3, 1, 1))
+
+    def fn(w, x):
+        return conv(jax.nn.relu(conv(x, w)), w)
+
+    x = jax.random.normal(jax.random.key(0), (5, 9, 1))
+    key = jax.random.key(42)
+    erf = jaxrf.effective_receptive_field(fn, x, (2,), init_fn=init_fn, key=key, num_draws=3)
+    assert erf.count == 15 and erf.num_draws == 3
+    keys = jax.random.split(key, 3)
+
+    def draw_mean(k):
+        w = init_fn(k)
+        return jaxrf.gradient_map(lambda v: fn(w, v), x, (2,)).mean(axis=0)
+
+    manual = np.mean([draw_mean(k) for k in keys], axis=0)
+    np.testing.assert_allclose(erf.map, manual, rtol=1e-5)
+
+
+def test_nonfinite_samples_raise_or_are_skipped():
+    x = jnp.ones((4, 5, 1)).at[2, 2, 0].set(0.0)
+    with pytest.raises(
+        jaxrf.NonFiniteGradientError, match=r"1 sample\(s\).*first: sample 2 of draw 0"
+    ):
+        jaxrf.effective_receptive_field(jnp.sqrt, x, (2,))
+    erf = jaxrf.effective_receptive_field(jnp.sqrt, x, (2,), nonfinite="skip")
+    assert erf.count == 3 and erf.nonfinite_samples == 1
+    assert erf.map.tolist() == [0, 0, 0.5, 0, 0]  # d sqrt(x)/dx at 1
+
+
+ERRORS = [
+    (dict(index=(7,)), ValueError, r"outside the output"),
+    (dict(index="middle"), ValueError, r"'center'"),
+    (dict(index=(1,), reduce="max"), ValueError, r"`reduce` \(='max'\)"),
+    (dict(index=(1,), num_draws=2), ValueError, r"needs `init_fn`"),
+    (dict(index=(1,), batch_size=0), ValueError, r"`batch_size` \(=0\)"),
+    (dict(index=(1,), nonfinite="ignore"), ValueError, r"'raise' or 'skip'"),
+]
+
+
+@pytest.mark.parametrize("kwargs, error, match", ERRORS, ids=[e[2][:20] for e in ERRORS])
+def test_errors(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        jaxrf.effective_receptive_field(lambda x: x, jnp.ones((2, 5, 1)), **kwargs)
+
+
+def test_input_errors():
+    with pytest.raises(ValueError, match="held no batches"):
+        jaxrf.effective_receptive_field(lambda x: x, [], (0,))
+    with pytest.raises(ValueError, match="same shape"):
+        jaxrf.effective_receptive_field(
+            lambda x: x, [jnp.ones((1, 5, 1)), jnp.ones((1, 6, 1))], (0,)
+        )
+    with pytest.raises(TypeError, match="one-shot iterator"):
+        jaxrf.effective_receptive_field(
+            lambda w, x: x, iter([jnp.ones((1, 5, 1))]), (0,), init_fn=lambda k: None, num_draws=2
+        )
