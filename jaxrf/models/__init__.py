@@ -82,8 +82,9 @@ class ZooEntry:
             published or derived.
         small_input_shape: a small input the network accepts (for fast tests).
         options: keyword arguments given to ``builder`` by default.
-        native_init: True: initialise with the module's own ``init`` (small nets, or nets whose
-            initialisers matter, like Luo's uniform weights); False: fill shapes (see module doc).
+        native_init: True: initialise with the module's own ``init`` (Luo's uniform weights,
+            which are the experiment; constant, so cheap); False: fill the parameter shapes
+            with random values (see the module docstring), which needs no compilation.
         description: one line.
     """
 
@@ -143,7 +144,8 @@ class ZooEntry:
 def _fill(shapes, key: jax.Array):
     """Random values for a pytree of ``ShapeDtypeStruct`` variables (see the module docstring).
 
-    One normal draw is split among all kernels (one random call, no per-shape compilation).
+    One numpy normal draw, seeded from ``key``, is split among all kernels: no XLA compilation
+    (an eager ``jax.random`` call compiles once per shape).
     """
     leaves, treedef = jax.tree_util.tree_flatten_with_path(shapes)
     names = [str(getattr(path[-1], "key", path[-1])) for path, _ in leaves]
@@ -151,7 +153,8 @@ def _fill(shapes, key: jax.Array):
         math.prod(leaf.shape) if n == "kernel" else 0
         for n, (_, leaf) in zip(names, leaves, strict=True)
     ]
-    noise = np.asarray(jax.random.normal(key, (sum(sizes),), jnp.float32))
+    seed = np.asarray(jax.random.key_data(key)).ravel().tolist()
+    noise = np.random.default_rng(seed).standard_normal(sum(sizes), np.float32)
     out, start = [], 0
     for name, (_, leaf), size in zip(names, leaves, sizes, strict=True):
         if name == "kernel":
@@ -256,7 +259,6 @@ _register(
         (1, 64, 64, 1),
         _square(47, 1, 23, "hand derivation in jaxrf/models/unet.py"),
         (1, 16, 16, 1),
-        native_init=True,
         description="two-level U-Net with 2x2/2 transposed convolutions",
     )
 )
@@ -269,7 +271,6 @@ for _os, (_r, _p) in {8: (691, 345), 16: (707, 353)}.items():
             Expected((_r, _r), (_os, _os), (_p, _p), "hand derivation in jaxrf/models/deeplab.py"),
             (1, 33, 33, 3),
             {"output_stride": _os},
-            native_init=True,
             description=f"DeepLab-style atrous net with ASPP, output stride {_os}",
         )
     )
@@ -281,7 +282,6 @@ _register(
         _square(3, 2, 1, "hand derivation in jaxrf/models/toys.py (TwoBranch)"),
         (1, 8, 8, 1),
         {"right_kernel": 1},
-        native_init=True,
         description="Distill-style aligned two-branch toy",
     )
 )
@@ -300,7 +300,6 @@ _register(
         ),
         (1, 8, 8, 1),
         {"right_kernel": 2},
-        native_init=True,
         description="Distill-style misaligned two-branch toy",
     )
 )
@@ -339,7 +338,7 @@ for _name, (_options, (_r, _s, _p)) in _LUO_VARIANTS.items():
             _square(_r, _s, _p, _LUO_SOURCE),
             (1, 16, 16, 1),
             _options,
-            native_init=True,
+            native_init=_options.get("weights", "uniform") == "uniform",
             description=f"Luo et al. stack: {_options or 'uniform weights, linear'}",
         )
     )

@@ -15,6 +15,7 @@ for odd ``k'`` that centres each layer, which is what makes residual skips align
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -43,7 +44,8 @@ class LuoStack(nn.Module):
         kernel: kernel size ``k``.
         features: channels of every layer.
         weights: ``"uniform"``: every kernel entry ``1 / (k^2 c_in)``, bias 0 (Luo's uniform
-            case: each layer is a normalised box filter); ``"random"``: LeCun-normal kernels.
+            case: each layer is a normalised box filter); ``"random"``: He-normal kernels
+            (variance ``2 / (k^2 c_in)``, as the zoo's shape fill), bias 0.
         nonlinearity: ``"none"``, ``"relu"``, ``"tanh"`` or ``"sigmoid"`` after every conv.
         dropout: dropout rate after every layer; inactive when ``deterministic`` (then ``apply``
             needs no RNG), else ``apply`` needs ``rngs={"dropout": key}``.
@@ -99,7 +101,7 @@ class LuoStack(nn.Module):
             if self.weights == "uniform":
                 init = nn.initializers.constant(1.0 / (self.kernel**2 * c_in))
             else:
-                init = nn.initializers.lecun_normal()
+                init = nn.initializers.normal(math.sqrt(2.0 / (self.kernel**2 * c_in)))
             y = nn.Conv(
                 self.features,
                 (self.kernel, self.kernel),

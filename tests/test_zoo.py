@@ -1,0 +1,248 @@
+"""The model zoo: every entry builds and runs, and tracing it reproduces the published numbers.
+
+Expected values are typed here from their sources, independently of the registry:
+
+* TF-Slim nets: the rows of Araujo et al.'s table (``shared/data/
+  araujo_receptive_field_table.csv``, ``input_resolution`` 224, the end point named).
+* torchvision ResNet-50, U-Net, DeepLab, the Distill and Luo toys: hand derivations written out
+  in the docstrings of ``jaxrf/models/{resnet,unet,deeplab,toys}.py`` and
+  ``jaxrf/models/__init__.py``.
+* Output shapes: hand-derived per network (comments below).
+
+The receptive fields are obtained only by tracing the Flax model (``jaxrf.receptive_field`` on
+``entry.build()``); there is no layer list beside the models.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxrf
+import jaxrf.models as zoo
+from jaxrf.models.toys import LuoStack
+
+# name -> (size, stride, padding, aligned, output spatial shape at the default input, source)
+RF_TABLE = {
+    # Araujo table rows "cnn,224,end_point,...": rf, effective_stride, effective_padding.
+    # Output shapes at 224: AlexNet 224 -> 54 -> 26 -> 12 -> 5 (VALID 11/4 then 3/2 pools);
+    # the others halve five times to 7 (SAME / explicit padding); Inception v3's VALID stem
+    # 224 -> 111 -> 109 -> 109 -> 54 -> 54 -> 52 -> 25, Mixed_6a 12, Mixed_7a 5.
+    "alexnet_v2": (195, 32, 64, True, (5, 5), "alexnet_v2,224,alexnet_v2/pool5"),
+    "vgg_16": (212, 32, 90, True, (7, 7), "vgg_16,224,vgg_16/pool5"),
+    "resnet_v1_50": (483, 32, 239, True, (7, 7), "resnet_v1_50,224,resnet_v1_50/block4"),
+    "resnet_v1_101": (1027, 32, 511, True, (7, 7), "resnet_v1_101,224,resnet_v1_101/block4"),
+    "resnet_v1_152": (1507, 32, 751, True, (7, 7), "resnet_v1_152,224,resnet_v1_152/block4"),
+    "mobilenet_v1": (315, 32, 126, True, (7, 7), "mobilenet_v1,224,Conv2d_13_pointwise"),
+    "inception_v3": (1311, 32, 618, True, (5, 5), "inception_v3,224,Mixed_7c"),
+    # Hand derivations (module docstrings).
+    "resnet50_torchvision": (427, 32, 213, True, (7, 7), "jaxrf/models/resnet.py"),
+    "unet": (47, 1, 23, True, (64, 64), "jaxrf/models/unet.py"),
+    "deeplab_os8": (691, 8, 345, True, (17, 17), "jaxrf/models/deeplab.py: 129 -> 65 -> 33 -> 17"),
+    "deeplab_os16": (707, 16, 353, True, (9, 9), "jaxrf/models/deeplab.py: ... -> 17 -> 9"),
+    "distill_aligned": (3, 2, 1, True, (8, 8), "jaxrf/models/toys.py TwoBranch"),
+    "distill_misaligned": (3, 2, 1, False, (8, 8), "jaxrf/models/toys.py TwoBranch"),
+    "luo_uniform": (11, 1, 5, True, (32, 32), "5 x 3x3: 1 + 5 * 2, padding 5 * 1"),
+    "luo_random": (11, 1, 5, True, (32, 32), "as luo_uniform"),
+    "luo_relu": (11, 1, 5, True, (32, 32), "as luo_uniform"),
+    "luo_tanh": (11, 1, 5, True, (32, 32), "as luo_uniform"),
+    "luo_sigmoid": (11, 1, 5, True, (32, 32), "as luo_uniform"),
+    "luo_dropout": (11, 1, 5, True, (32, 32), "as luo_uniform"),
+    "luo_subsample": (21, 4, 10, True, (8, 8), "3/1/1, 5/2/2, 9/2/4, 13/4/6, 21/4/10"),
+    "luo_dilated": (21, 1, 10, True, (32, 32), "5 x span 5: 1 + 5 * 4, padding 5 * 2"),
+    "luo_skip": (11, 1, 5, True, (32, 32), "skip path centred: as luo_uniform"),
+    "luo_skip_subsample": (21, 4, 10, True, (8, 8), "as luo_subsample"),
+}
+
+# Output shape (N, H, W, C) at the entry's small input (hand-derived): Slim/torchvision nets
+# reach 1x1 (AlexNet 67 -> 15 -> 7 -> 3 -> 1; the others /32, or Inception's 75 -> ... -> 1);
+# DeepLab 33 -> 17 -> 17 -> 9 -> 5 (-> 3 at output stride 16); TwoBranch halves; Luo stride 1
+# except the two subsampling layers (16 -> 4).
+SMALL_OUTPUT = {
+    "alexnet_v2": (1, 1, 1, 256),
+    "vgg_16": (1, 1, 1, 512),
+    "resnet_v1_50": (1, 1, 1, 2048),
+    "resnet_v1_101": (1, 1, 1, 2048),
+    "resnet_v1_152": (1, 1, 1, 2048),
+    "mobilenet_v1": (1, 1, 1, 1024),
+    "inception_v3": (1, 1, 1, 2048),
+    "resnet50_torchvision": (1, 1, 1, 2048),
+    "unet": (1, 16, 16, 2),
+    "deeplab_os8": (1, 5, 5, 3),
+    "deeplab_os16": (1, 3, 3, 3),
+    "distill_aligned": (1, 4, 4, 2),
+    "distill_misaligned": (1, 4, 4, 2),
+    "luo_uniform": (1, 16, 16, 4),
+    "luo_random": (1, 16, 16, 4),
+    "luo_relu": (1, 16, 16, 4),
+    "luo_tanh": (1, 16, 16, 4),
+    "luo_sigmoid": (1, 16, 16, 4),
+    "luo_dropout": (1, 16, 16, 4),
+    "luo_subsample": (1, 4, 4, 4),
+    "luo_dilated": (1, 16, 16, 4),
+    "luo_skip": (1, 16, 16, 4),
+    "luo_skip_subsample": (1, 4, 4, 4),
+}
+
+# Running these eagerly costs 4-20 s each on two cores (one XLA compile per op and shape).
+HEAVY = {
+    "resnet_v1_50",
+    "resnet_v1_101",
+    "resnet_v1_152",
+    "inception_v3",
+    "mobilenet_v1",
+    "resnet50_torchvision",
+}
+# Building and tracing these at full width and 224 costs several seconds each.
+SLOW_TRACE = {"resnet_v1_101", "resnet_v1_152", "inception_v3"}
+
+
+def _params(names, slow):
+    return [pytest.param(n, marks=pytest.mark.slow) if n in slow else n for n in names]
+
+
+def test_tables_cover_the_zoo():
+    assert set(RF_TABLE) == set(zoo.names()) == set(SMALL_OUTPUT)
+
+
+@pytest.mark.parametrize("name", zoo.names())
+def test_registry_expected_matches_sources(name):
+    size, stride, padding, aligned, _, _ = RF_TABLE[name]
+    e = zoo.get(name).expected
+    assert (e.size, e.stride, e.padding, e.aligned) == (
+        (size, size),
+        (stride, stride),
+        (padding, padding),
+        aligned,
+    )
+    assert e.source
+
+
+@pytest.mark.parametrize("name", zoo.names())
+def test_output_shape_at_small_input(name):
+    """Abstract evaluation (no compute) at full width; the default input's spatial output shape
+    is checked by the tracing test below."""
+    entry = zoo.get(name)
+    x = jax.ShapeDtypeStruct(entry.small_input_shape, jnp.float32)
+    variables = jax.eval_shape(entry.model().init, jax.random.key(0), x)
+    assert jax.eval_shape(entry.apply, variables, x).shape == SMALL_OUTPUT[name]
+
+
+@pytest.mark.parametrize("name", _params(zoo.names(), HEAVY))
+def test_runs_at_small_input(name):
+    entry = zoo.get(name)
+    fn = entry.build()
+    y = fn(
+        jnp.asarray(np.random.default_rng(0).standard_normal(entry.small_input_shape), jnp.float32)
+    )
+    assert y.shape == SMALL_OUTPUT[name]
+    assert bool(jnp.isfinite(y).all())
+
+
+@pytest.mark.parametrize("name", _params(zoo.names(), SLOW_TRACE))
+def test_traced_receptive_field_matches_published(name):
+    """The headline check: trace the Flax model, compare with the table / hand derivation."""
+    size, stride, padding, aligned, out_hw, source = RF_TABLE[name]
+    entry = zoo.get(name)
+    x = jax.ShapeDtypeStruct(entry.input_shape, jnp.float32)
+    if aligned:
+        rf = jaxrf.receptive_field(entry.build(), x)
+    else:
+        with pytest.warns(jaxrf.MisalignmentWarning, match="misaligned merge"):
+            rf = jaxrf.receptive_field(entry.build(), x)
+    assert rf.size == (size, size), source
+    assert rf.stride == (stride, stride), source
+    assert rf.padding == (padding, padding), source
+    assert rf.aligned is aligned
+    assert rf.output_shape == out_hw
+    assert not rf.is_global
+
+
+def test_misaligned_toy_paths():
+    """The two paths of the misaligned toy, per axis: left 3/2/1 (offset 0), right 2/2/0."""
+    x = jax.ShapeDtypeStruct((1, 16, 16, 1), jnp.float32)
+    with pytest.warns(jaxrf.MisalignmentWarning):
+        rf = jaxrf.receptive_field(zoo.get("distill_misaligned").build(), x)
+    summaries = sorted((p.size[0], p.stride[0], p.padding[0]) for p in rf.paths)
+    assert summaries == [(2, 2, 0), (3, 2, 1)]
+    # Output 3 sees [5, 7] through the left path and [6, 7] through the right.
+    assert rf.region((3, 3)) == ((5, 7), (5, 7))
+    assert rf.region((0, 0), clip=True) == ((0, 1), (0, 1))
+
+
+@pytest.mark.parametrize(
+    "width, depth, expected",
+    [
+        # Araujo table rows (block4 at 224): channels do not enter the arithmetic.
+        (0.125, 50, (483, 32, 239)),
+        (0.25, 101, (1027, 32, 511)),
+    ],
+)
+def test_receptive_field_does_not_depend_on_width(width, depth, expected):
+    fn = zoo.get(f"resnet_v1_{depth}").build(width=width)
+    rf = jaxrf.receptive_field(fn, jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32))
+    assert (rf.size[0], rf.stride[0], rf.padding[0]) == expected
+
+
+def test_build_is_deterministic():
+    entry = zoo.get("distill_aligned")
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((1, 16, 16, 1)), jnp.float32)
+    np.testing.assert_array_equal(entry.build()(x), entry.build()(x))
+    assert not np.array_equal(entry.build(jax.random.key(5))(x), entry.build()(x))
+
+
+def test_luo_uniform_is_a_box_filter():
+    """Uniform weights: each layer averages a k x k x c_in window, so ones stay ones inside."""
+    fn = zoo.get("luo_uniform").build()
+    y = fn(jnp.ones((1, 32, 32, 1)))
+    np.testing.assert_allclose(np.asarray(y[0, 5:27, 5:27]), 1.0, rtol=1e-5)
+    assert float(y[0, 0, 0, 0]) < 1.0  # zero padding reaches the corner
+
+
+def test_dropout_active_when_not_deterministic():
+    entry = zoo.get("luo_dropout")
+    x = jnp.ones(entry.small_input_shape)
+    on = entry.build(deterministic=False)(x)
+    off = entry.build()(x)
+    assert float(jnp.mean(on == 0)) > float(jnp.mean(off == 0))
+
+
+def test_head_option():
+    entry = zoo.get("mobilenet_v1")
+    x = jax.ShapeDtypeStruct(entry.small_input_shape, jnp.float32)
+    model = entry.model(num_classes=10)
+    variables = jax.eval_shape(model.init, jax.random.key(0), x)
+    assert jax.eval_shape(model.apply, variables, x).shape == (1, 10)
+
+
+def test_unknown_name():
+    with pytest.raises(ValueError, match=r"`name` \(='resnet'\) is not in the zoo; known names"):
+        zoo.get("resnet")
+
+
+def test_bad_resnet_depth():
+    with pytest.raises(ValueError, match=r"`depth` \(=34\) must be one of \[50, 101, 152\]"):
+        zoo.slim.resnet_v1(34)
+
+
+def test_bad_deeplab_output_stride():
+    entry = zoo.get("deeplab_os8")
+    with pytest.raises(ValueError, match=r"`output_stride` \(=4\) must be one of \[8, 16\]"):
+        entry.init(output_stride=4)
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        ({"skip": True, "kernel": 2}, r"`skip=True` needs an odd dilated span.*give 2"),
+        ({"nonlinearity": "gelu"}, r"`nonlinearity` \(='gelu'\) must be one of"),
+        ({"weights": "ones"}, r"`weights` \(='ones'\) must be one of"),
+        ({"subsample": (5,)}, r"`subsample` \(=\(5,\)\) lists layers \[5\] outside 0..4"),
+    ],
+)
+def test_bad_luo_options(options, match):
+    model = LuoStack(**options)
+    with pytest.raises(ValueError, match=match):
+        model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
