@@ -161,7 +161,7 @@ def test_max_pool_routing_hides_pixels_in_measured_mode():
 
 def test_layer_norm_channel_sum_trap_and_random_weighting():
     def fn(x):  # conv to 4 channels, then LayerNorm over channels (scale 1, bias 0)
-        y = conv(x, kernel(2, 3, 1, 1, 4))
+        y = conv(x, kernel(2, 3, 1, 1, 4).astype(x.dtype))
         mu = y.mean(-1, keepdims=True)
         return (y - mu) / jnp.sqrt(((y - mu) ** 2).mean(-1, keepdims=True) + 1e-6)
 
