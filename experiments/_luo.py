@@ -1,0 +1,88 @@
+"""Luo et al. (NeurIPS 2016) conv stacks: measured ERF maps and the closed-form uniform case.
+
+The stacks are ``jaxrf.models``' ``LuoStack`` (``depth`` 3x3 convs, padding 1, 1 input
+channel, 4 features): uniform weights (every kernel entry ``1 / (k^2 c_in)``), or random
+LeCun-normal weights, optionally followed by a nonlinearity. The ERF of the centre output is
+``jaxrf.effective_receptive_field``: the mean over weight draws and random normal inputs of the
+absolute input gradient of a one-hot cotangent at the centre (all output channels).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jaxrf
+import jaxrf.models
+
+KERNEL = 3
+
+
+def input_size(depth: int) -> int:
+    """Input side: the theoretical RF ``2 depth + 1`` plus a margin of 8 on each side."""
+    return 2 * depth + 1 + 16
+
+
+def measure(
+    depth: int,
+    weights: str,
+    nonlinearity: str = "none",
+    draws: int = 8,
+    inputs_per_draw: int = 4,
+    seed: int = 0,
+    reduce: str = "abs",
+    **options,
+) -> np.ndarray:
+    """Mean ERF map ``(H, W)`` of the centre output of a Luo stack."""
+    entry = jaxrf.models.get("luo_uniform")
+    model = entry.model(depth=depth, weights=weights, nonlinearity=nonlinearity, **options)
+    n = input_size(depth)
+    x0 = jnp.zeros((1, n, n, 1))
+    init = jax.jit(lambda key: model.init(key, x0))
+    uniform = weights == "uniform"
+    inputs = jax.random.normal(jax.random.key(seed + 1), (inputs_per_draw, n, n, 1))
+    erf = jaxrf.effective_receptive_field(
+        lambda params, x: model.apply(params, x),
+        inputs,
+        "center",
+        init_fn=init,
+        key=jax.random.key(seed),
+        num_draws=1 if uniform else draws,
+        reduce=reduce,
+        progress=False,
+    )
+    return erf.map
+
+
+def uniform_profile(depth: int, kernel: int = KERNEL) -> np.ndarray:
+    """Closed form, per axis: the ``depth``-fold convolution of a box of width ``kernel``.
+
+    It is the distribution of a sum of ``depth`` uniform variables on ``{0..k-1}`` (times
+    ``k^depth``), variance ``depth (k^2 - 1) / 12``.
+    """
+    profile = np.ones(1)
+    for _ in range(depth):
+        profile = np.convolve(profile, np.ones(kernel))
+    return profile / profile.sum()
+
+
+def uniform_map(depth: int, size: int, kernel: int = KERNEL) -> np.ndarray:
+    """Closed-form 2-D ERF of the uniform stack, centred in a ``size x size`` map."""
+    p = uniform_profile(depth, kernel)
+    pad = (size - p.size) // 2
+    p = np.pad(p, (pad, size - p.size - pad))
+    return np.outer(p, p)
+
+
+def uniform_std(depth: int, kernel: int = KERNEL) -> float:
+    """``sqrt(n (k^2 - 1) / 12)``."""
+    return math.sqrt(depth * (kernel**2 - 1) / 12)
+
+
+def fit_slope(x, y) -> tuple[float, float]:
+    """Least-squares slope and intercept of ``log y`` against ``log x``."""
+    slope, intercept = np.polyfit(np.log(np.asarray(x, float)), np.log(np.asarray(y, float)), 1)
+    return float(slope), float(intercept)
