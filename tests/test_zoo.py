@@ -56,6 +56,76 @@ RF_TABLE = {
     "luo_skip_subsample": (21, 4, 10, True, (8, 8), "as luo_subsample"),
 }
 
+# Every TF-Slim row of Araujo et al.'s table at input 224 for the networks in the zoo, copied
+# from shared/data/araujo_receptive_field_table.csv (columns cnn, end_point without the "cnn/"
+# prefix, rf, effective_stride, effective_padding).
+END_POINT_ROWS = [
+    ("alexnet_v2", "conv1", 11, 4, 0),
+    ("alexnet_v2", "pool1", 19, 8, 0),
+    ("alexnet_v2", "conv2", 51, 8, 16),
+    ("alexnet_v2", "conv3", 99, 16, 32),
+    ("alexnet_v2", "conv4", 131, 16, 48),
+    ("alexnet_v2", "conv5", 163, 16, 64),
+    ("alexnet_v2", "pool5", 195, 32, 64),
+    ("vgg_16", "conv1/conv1_1", 3, 1, 1),
+    ("vgg_16", "pool1", 6, 2, 2),
+    ("vgg_16", "conv2/conv2_1", 10, 2, 4),
+    ("vgg_16", "pool2", 16, 4, 6),
+    ("vgg_16", "conv3/conv3_1", 24, 4, 10),
+    ("vgg_16", "conv3/conv3_2", 32, 4, 14),
+    ("vgg_16", "pool3", 44, 8, 18),
+    ("vgg_16", "conv4/conv4_1", 60, 8, 26),
+    ("vgg_16", "conv4/conv4_2", 76, 8, 34),
+    ("vgg_16", "pool4", 100, 16, 42),
+    ("vgg_16", "conv5/conv5_1", 132, 16, 58),
+    ("vgg_16", "conv5/conv5_2", 164, 16, 74),
+    ("vgg_16", "pool5", 212, 32, 90),
+    ("inception_v3", "Conv2d_1a_3x3", 3, 2, 0),
+    ("inception_v3", "Conv2d_2a_3x3", 7, 2, 0),
+    ("inception_v3", "Conv2d_2b_3x3", 11, 2, 2),
+    ("inception_v3", "MaxPool_3a_3x3", 15, 4, 2),
+    ("inception_v3", "Conv2d_3b_1x1", 15, 4, 2),
+    ("inception_v3", "Conv2d_4a_3x3", 23, 4, 2),
+    ("inception_v3", "MaxPool_5a_3x3", 31, 8, 2),
+    ("inception_v3", "Mixed_5b", 63, 8, 18),
+    ("inception_v3", "Mixed_5c", 95, 8, 34),
+    ("inception_v3", "Mixed_5d", 127, 8, 50),
+    ("inception_v3", "Mixed_6a", 159, 16, 58),
+    ("inception_v3", "Mixed_6b", 351, 16, 154),
+    ("inception_v3", "Mixed_6c", 543, 16, 250),
+    ("inception_v3", "Mixed_6d", 735, 16, 346),
+    ("inception_v3", "Mixed_6e", 927, 16, 442),
+    ("inception_v3", "Mixed_7a", 1055, 32, 490),
+    ("inception_v3", "Mixed_7b", 1183, 32, 554),
+    ("inception_v3", "Mixed_7c", 1311, 32, 618),
+    ("mobilenet_v1", "Conv2d_0", 3, 2, 0),
+    ("mobilenet_v1", "Conv2d_1_pointwise", 7, 2, 2),
+    ("mobilenet_v1", "Conv2d_2_pointwise", 11, 4, 2),
+    ("mobilenet_v1", "Conv2d_3_pointwise", 19, 4, 6),
+    ("mobilenet_v1", "Conv2d_4_pointwise", 27, 8, 6),
+    ("mobilenet_v1", "Conv2d_5_pointwise", 43, 8, 14),
+    ("mobilenet_v1", "Conv2d_6_pointwise", 59, 16, 14),
+    ("mobilenet_v1", "Conv2d_7_pointwise", 91, 16, 30),
+    ("mobilenet_v1", "Conv2d_8_pointwise", 123, 16, 46),
+    ("mobilenet_v1", "Conv2d_9_pointwise", 155, 16, 62),
+    ("mobilenet_v1", "Conv2d_10_pointwise", 187, 16, 78),
+    ("mobilenet_v1", "Conv2d_11_pointwise", 219, 16, 94),
+    ("mobilenet_v1", "Conv2d_12_pointwise", 251, 32, 94),
+    ("mobilenet_v1", "Conv2d_13_pointwise", 315, 32, 126),
+    ("resnet_v1_50", "block1", 35, 8, 15),
+    ("resnet_v1_50", "block2", 99, 16, 47),
+    ("resnet_v1_50", "block3", 291, 32, 143),
+    ("resnet_v1_50", "block4", 483, 32, 239),
+    ("resnet_v1_101", "block1", 35, 8, 15),
+    ("resnet_v1_101", "block2", 99, 16, 47),
+    ("resnet_v1_101", "block3", 835, 32, 415),
+    ("resnet_v1_101", "block4", 1027, 32, 511),
+    ("resnet_v1_152", "block1", 35, 8, 15),
+    ("resnet_v1_152", "block2", 163, 16, 79),
+    ("resnet_v1_152", "block3", 1315, 32, 655),
+    ("resnet_v1_152", "block4", 1507, 32, 751),
+]
+
 # Output shape (N, H, W, C) at the entry's small input (hand-derived): Slim/torchvision nets
 # reach 1x1 (AlexNet 67 -> 15 -> 7 -> 3 -> 1; the others /32, or Inception's 75 -> ... -> 1);
 # DeepLab 33 -> 17 -> 17 -> 9 -> 5 (-> 3 at output stride 16); TwoBranch halves; Luo stride 1
@@ -158,6 +228,38 @@ def test_traced_receptive_field_matches_published(name):
     assert rf.aligned is aligned
     assert rf.output_shape == out_hw
     assert not rf.is_global
+
+
+# Networks whose end points are traced in the default run (the others are slow).
+FAST_END_POINTS = {"alexnet_v2", "vgg_16", "mobilenet_v1", "resnet_v1_50"}
+
+
+@pytest.mark.parametrize(
+    "cnn, end_point, size, stride, padding",
+    [
+        pytest.param(
+            *row,
+            id=f"{row[0]}/{row[1]}",
+            marks=[] if row[0] in FAST_END_POINTS else [pytest.mark.slow],
+        )
+        for row in END_POINT_ROWS
+    ],
+)
+def test_every_published_end_point(cnn, end_point, size, stride, padding):
+    """Each intermediate end point of the Slim nets, traced from the model cut there (narrow
+    channels: ``width`` does not enter the arithmetic, see the test below)."""
+    entry = zoo.get(cnn)
+    fn = entry.build(width=0.125, end_point=end_point)
+    rf = jaxrf.receptive_field(fn, jax.ShapeDtypeStruct(entry.input_shape, jnp.float32))
+    assert (rf.size, rf.stride, rf.padding) == ((size,) * 2, (stride,) * 2, (padding,) * 2)
+    assert rf.aligned
+
+
+def test_bad_end_point():
+    with pytest.raises(
+        ValueError, match=r"`end_point` \(='block5'\) is not an end point of resnet_v1"
+    ):
+        zoo.get("resnet_v1_50").init(end_point="block5")
 
 
 def test_misaligned_toy_paths():

@@ -20,6 +20,16 @@ import jax.numpy as jnp
 
 from ._blocks import ConvUnit, avg_pool, fixed_pad, max_pool, scaled
 
+
+def check_end_point(end_point: str | None, known: Sequence[str], network: str) -> None:
+    """Raise ValueError unless ``end_point`` is None or one of ``known`` (Slim's names)."""
+    if end_point is not None and end_point not in known:
+        raise ValueError(
+            f"`end_point` (={end_point!r}) is not an end point of {network}; use one of "
+            f"{', '.join(known)} (or None for the last)."
+        )
+
+
 # ---------------------------------------------------------------------------------------
 # AlexNet v2 and VGG-16: single-path nets (Slim's alexnet.py, vgg.py).
 # ---------------------------------------------------------------------------------------
@@ -29,23 +39,33 @@ class AlexNetV2(nn.Module):
     """Slim ``alexnet_v2`` up to ``pool5``: convs SAME (conv1 VALID), max pools 3x3/2 VALID.
 
     With ``num_classes``, Slim's fully-convolutional head follows: ``fc6`` 5x5 VALID (a 1x1
-    map at input 224), ``fc7`` and ``fc8`` 1x1 (dropout omitted: inference).
+    map at input 224), ``fc7`` and ``fc8`` 1x1 (dropout omitted: inference). ``end_point``
+    stops early at one of :attr:`END_POINTS`.
     """
 
+    END_POINTS = ("conv1", "pool1", "conv2", "pool2", "conv3", "conv4", "conv5", "pool5")
     width: float = 1.0
     num_classes: int | None = None
+    end_point: str | None = None
 
     @nn.compact
     def __call__(self, x):
+        check_end_point(self.end_point, self.END_POINTS, "alexnet_v2")
         d = lambda n: scaled(n, self.width)  # noqa: E731
-        x = ConvUnit(d(64), (11, 11), stride=4, padding="VALID", name="conv1")(x)
-        x = max_pool(x, 3, 2)  # pool1
-        x = ConvUnit(d(192), (5, 5), name="conv2")(x)
-        x = max_pool(x, 3, 2)  # pool2
-        x = ConvUnit(d(384), (3, 3), name="conv3")(x)
-        x = ConvUnit(d(384), (3, 3), name="conv4")(x)
-        x = ConvUnit(d(256), (3, 3), name="conv5")(x)
-        x = max_pool(x, 3, 2)  # pool5: the published end point
+        layers = [
+            ("conv1", ConvUnit(d(64), (11, 11), stride=4, padding="VALID", name="conv1")),
+            ("pool1", lambda x: max_pool(x, 3, 2)),
+            ("conv2", ConvUnit(d(192), (5, 5), name="conv2")),
+            ("pool2", lambda x: max_pool(x, 3, 2)),
+            ("conv3", ConvUnit(d(384), (3, 3), name="conv3")),
+            ("conv4", ConvUnit(d(384), (3, 3), name="conv4")),
+            ("conv5", ConvUnit(d(256), (3, 3), name="conv5")),
+            ("pool5", lambda x: max_pool(x, 3, 2)),  # the published end point
+        ]
+        for name, layer in layers:
+            x = layer(x)
+            if name == self.end_point:
+                return x
         if self.num_classes is not None:
             x = ConvUnit(d(4096), (5, 5), padding="VALID", name="fc6")(x)
             x = ConvUnit(d(4096), (1, 1), name="fc7")(x)
@@ -57,18 +77,30 @@ class VGG16(nn.Module):
     """Slim ``vgg_16`` up to ``pool5``: 3x3 SAME convs in blocks of 2, 2, 3, 3, 3, max pools 2x2/2.
 
     With ``num_classes``: ``fc6`` 7x7 VALID, ``fc7``/``fc8`` 1x1 (Slim's conv head).
+    ``end_point`` (Slim's names, e.g. ``"conv3/conv3_2"``, ``"pool3"``) stops early.
     """
 
+    BLOCKS = ((2, 64), (2, 128), (3, 256), (3, 512), (3, 512))
+    END_POINTS = tuple(
+        name
+        for b, (repeat, _) in enumerate(BLOCKS, start=1)
+        for name in [f"conv{b}/conv{b}_{u}" for u in range(1, repeat + 1)] + [f"pool{b}"]
+    )
     width: float = 1.0
     num_classes: int | None = None
+    end_point: str | None = None
 
     @nn.compact
     def __call__(self, x):
-        for block, (repeat, depth) in enumerate(((2, 64), (2, 128), (3, 256), (3, 512), (3, 512))):
-            for unit in range(repeat):
-                name = f"conv{block + 1}_{unit + 1}"
-                x = ConvUnit(scaled(depth, self.width), (3, 3), name=name)(x)
-            x = max_pool(x, 2, 2)  # pool{block+1}
+        check_end_point(self.end_point, self.END_POINTS, "vgg_16")
+        for b, (repeat, depth) in enumerate(self.BLOCKS, start=1):
+            for u in range(1, repeat + 1):
+                x = ConvUnit(scaled(depth, self.width), (3, 3), name=f"conv{b}_{u}")(x)
+                if self.end_point == f"conv{b}/conv{b}_{u}":
+                    return x
+            x = max_pool(x, 2, 2)
+            if self.end_point == f"pool{b}":
+                return x
         if self.num_classes is not None:
             x = ConvUnit(scaled(4096, self.width), (7, 7), padding="VALID", name="fc6")(x)
             x = ConvUnit(scaled(4096, self.width), (1, 1), name="fc7")(x)
@@ -146,9 +178,12 @@ class ResNetV1(nn.Module):
     blocks: Sequence[tuple[int, int, int]]
     width: float = 1.0
     num_classes: int | None = None
+    end_point: str | None = None
 
     @nn.compact
     def __call__(self, x):
+        blocks = [f"block{b + 1}" for b in range(len(self.blocks))]
+        check_end_point(self.end_point, blocks, "resnet_v1")
         x = Conv2dSame(scaled(64, self.width), 7, 2, name="conv1")(x)
         x = max_pool(x, 3, 2, "SAME")  # pool1
         for b, (base, units, stride) in enumerate(self.blocks):
@@ -158,13 +193,20 @@ class ResNetV1(nn.Module):
                 x = SlimBottleneck(
                     depth, bottleneck, unit_stride, name=f"block{b + 1}_unit{u + 1}"
                 )(x)
+            if self.end_point == blocks[b]:
+                return x
         if self.num_classes is not None:
             x = nn.Dense(self.num_classes, name="logits")(jnp.mean(x, axis=(1, 2)))
         return x
 
 
-def resnet_v1(depth: int = 50, width: float = 1.0, num_classes: int | None = None) -> ResNetV1:
-    """Slim ResNet v1 of the given depth (50, 101 or 152).
+def resnet_v1(
+    depth: int = 50,
+    width: float = 1.0,
+    num_classes: int | None = None,
+    end_point: str | None = None,
+) -> ResNetV1:
+    """Slim ResNet v1 of the given depth (50, 101 or 152); ``end_point`` block1..block4.
 
     Example:
         >>> resnet_v1(50).blocks[0]
@@ -175,7 +217,7 @@ def resnet_v1(depth: int = 50, width: float = 1.0, num_classes: int | None = Non
             f"`depth` (={depth!r}) must be one of {sorted(RESNET_V1_BLOCKS)}, the Slim ResNet v1 "
             "depths in the zoo."
         )
-    return ResNetV1(RESNET_V1_BLOCKS[depth], width=width, num_classes=num_classes)
+    return ResNetV1(RESNET_V1_BLOCKS[depth], width, num_classes, end_point)
 
 
 # ---------------------------------------------------------------------------------------
@@ -207,31 +249,36 @@ class MobileNetV1(nn.Module):
 
     ``Conv2d_0`` is a 3x3 conv; each later layer ``i`` is a 3x3 depthwise conv carrying the
     stride (``Conv2d_i_depthwise``) then a 1x1 conv (``Conv2d_i_pointwise``). With
-    ``num_classes``: global mean + dense.
+    ``num_classes``: global mean + dense. ``end_point`` stops at one of those names.
     """
 
+    END_POINTS = ("Conv2d_0",) + tuple(
+        f"Conv2d_{i}_{kind}" for i in range(1, 14) for kind in ("depthwise", "pointwise")
+    )
     width: float = 1.0
     num_classes: int | None = None
+    end_point: str | None = None
 
     @nn.compact
     def __call__(self, x):
+        check_end_point(self.end_point, self.END_POINTS, "mobilenet_v1")
         (stride, depth), *separable = MOBILENET_V1_DEFS
         act = nn.relu6
         x = ConvUnit(
             scaled(depth, self.width), (3, 3), stride, norm=True, activation=act, name="Conv2d_0"
         )(x)
+        if self.end_point == "Conv2d_0":
+            return x
         for i, (stride, depth) in enumerate(separable, start=1):
             c = x.shape[-1]
-            x = ConvUnit(
-                c, (3, 3), stride, groups=c, norm=True, activation=act, name=f"Conv2d_{i}_depthwise"
-            )(x)
-            x = ConvUnit(
-                scaled(depth, self.width),
-                (1, 1),
-                norm=True,
-                activation=act,
-                name=f"Conv2d_{i}_pointwise",
-            )(x)
+            name = f"Conv2d_{i}_depthwise"
+            x = ConvUnit(c, (3, 3), stride, groups=c, norm=True, activation=act, name=name)(x)
+            if self.end_point == name:
+                return x
+            name = f"Conv2d_{i}_pointwise"
+            x = ConvUnit(scaled(depth, self.width), (1, 1), norm=True, activation=act, name=name)(x)
+            if self.end_point == name:
+                return x
         if self.num_classes is not None:
             x = nn.Dense(self.num_classes, name="logits")(jnp.mean(x, axis=(1, 2)))
         return x
@@ -261,11 +308,32 @@ class InceptionV3(nn.Module):
     ``Conv2d_2b_3x3`` SAME, ``MaxPool_3a_3x3``/2, ``Conv2d_3b_1x1``, ``Conv2d_4a_3x3``,
     ``MaxPool_5a_3x3``/2; then the Mixed blocks with SAME padding except their stride-2
     reductions (``Mixed_6a``, ``Mixed_7a``: VALID). ``width`` is Slim's ``depth_multiplier``
-    (``min_depth`` 16).
+    (``min_depth`` 16). ``end_point`` stops at one of :attr:`END_POINTS`.
     """
 
+    END_POINTS = (
+        "Conv2d_1a_3x3",
+        "Conv2d_2a_3x3",
+        "Conv2d_2b_3x3",
+        "MaxPool_3a_3x3",
+        "Conv2d_3b_1x1",
+        "Conv2d_4a_3x3",
+        "MaxPool_5a_3x3",
+        "Mixed_5b",
+        "Mixed_5c",
+        "Mixed_5d",
+        "Mixed_6a",
+        "Mixed_6b",
+        "Mixed_6c",
+        "Mixed_6d",
+        "Mixed_6e",
+        "Mixed_7a",
+        "Mixed_7b",
+        "Mixed_7c",
+    )
     width: float = 1.0
     num_classes: int | None = None
+    end_point: str | None = None
 
     def d(self, n: int) -> int:
         return scaled(n, self.width, min_depth=16)
@@ -282,14 +350,29 @@ class InceptionV3(nn.Module):
 
     @nn.compact
     def __call__(self, x):
+        check_end_point(self.end_point, self.END_POINTS, "inception_v3")
         V = "VALID"
         x = self.conv(x, "Conv2d_1a_3x3", 32, (3, 3), 2, V)
+        if self.end_point == "Conv2d_1a_3x3":
+            return x
         x = self.conv(x, "Conv2d_2a_3x3", 32, (3, 3), 1, V)
+        if self.end_point == "Conv2d_2a_3x3":
+            return x
         x = self.conv(x, "Conv2d_2b_3x3", 64, (3, 3), 1, "SAME")
+        if self.end_point == "Conv2d_2b_3x3":
+            return x
         x = max_pool(x, 3, 2)  # MaxPool_3a_3x3
+        if self.end_point == "MaxPool_3a_3x3":
+            return x
         x = self.conv(x, "Conv2d_3b_1x1", 80, (1, 1), 1, V)
+        if self.end_point == "Conv2d_3b_1x1":
+            return x
         x = self.conv(x, "Conv2d_4a_3x3", 192, (3, 3), 1, V)
+        if self.end_point == "Conv2d_4a_3x3":
+            return x
         x = max_pool(x, 3, 2)  # MaxPool_5a_3x3
+        if self.end_point == "MaxPool_5a_3x3":
+            return x
 
         for name, pool_depth in (("Mixed_5b", 32), ("Mixed_5c", 64), ("Mixed_5d", 64)):
             x = jnp.concatenate(
@@ -307,6 +390,8 @@ class InceptionV3(nn.Module):
                 ],
                 axis=-1,
             )
+            if self.end_point == name:
+                return x
 
         x = jnp.concatenate(  # Mixed_6a
             [
@@ -322,6 +407,8 @@ class InceptionV3(nn.Module):
             ],
             axis=-1,
         )
+        if self.end_point == "Mixed_6a":
+            return x
 
         for name, mid in (
             ("Mixed_6b", 128),
@@ -352,6 +439,8 @@ class InceptionV3(nn.Module):
                 ],
                 axis=-1,
             )
+            if self.end_point == name:
+                return x
 
         x = jnp.concatenate(  # Mixed_7a
             [
@@ -368,6 +457,8 @@ class InceptionV3(nn.Module):
             ],
             axis=-1,
         )
+        if self.end_point == "Mixed_7a":
+            return x
 
         for name in ("Mixed_7b", "Mixed_7c"):
             b1 = self.conv(x, f"{name}_1a", 384, (1, 1))
@@ -393,6 +484,8 @@ class InceptionV3(nn.Module):
                 ],
                 axis=-1,
             )
+            if self.end_point == name:
+                return x
         if self.num_classes is not None:
             x = nn.Dense(self.num_classes, name="logits")(jnp.mean(x, axis=(1, 2)))
         return x
