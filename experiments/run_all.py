@@ -22,6 +22,7 @@ SCRIPTS = (
     "feature_map_visualisation",
     "luo_fig1",
     "luo_fig3",
+    "luo_fig2",
 )
 
 
