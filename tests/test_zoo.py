@@ -348,3 +348,9 @@ def test_bad_luo_options(options, match):
     model = LuoStack(**options)
     with pytest.raises(ValueError, match=match):
         model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
+
+
+@pytest.mark.parametrize("name", ["resnet_v1_50", "luo_uniform"])
+def test_init_dtype(name):
+    variables = zoo.get(name).init(dtype=jnp.bfloat16)
+    assert {leaf.dtype for leaf in jax.tree.leaves(variables)} == {jnp.dtype(jnp.bfloat16)}

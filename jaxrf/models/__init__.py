@@ -101,21 +101,31 @@ class ZooEntry:
         """The Flax module, with ``options`` updated by ``overrides`` (e.g. ``width=0.25``)."""
         return self.builder(**{**self.options, **overrides})
 
-    def init(self, key: jax.Array | None = None, shape: Shape | None = None, **overrides):
+    def init(
+        self,
+        key: jax.Array | None = None,
+        shape: Shape | None = None,
+        dtype=jnp.float32,
+        **overrides,
+    ):
         """Random variables (``{"params": ..., "batch_stats": ...}``) for :meth:`apply`.
 
         Args:
             key: a ``jax.random.key``; default ``jax.random.key(0)``.
             shape: input shape to initialise at (default :attr:`small_input_shape`; conv
                 weights do not depend on the spatial size).
+            dtype: floating dtype of the variables (``jnp.float64`` for exact-support probes,
+                with ``jax_enable_x64``).
             **overrides: builder options, as in :meth:`model`.
         """
         key = jax.random.key(0) if key is None else key
         module = self.model(**overrides)
         x = jax.ShapeDtypeStruct(shape or self.small_input_shape, jnp.float32)
         if self.native_init:
-            return module.init(key, jnp.zeros(x.shape, x.dtype))
-        return _fill(jax.eval_shape(module.init, key, x), key)
+            variables = module.init(key, jnp.zeros(x.shape, x.dtype))
+        else:
+            variables = _fill(jax.eval_shape(module.init, key, x), key)
+        return jax.tree.map(lambda a: jnp.asarray(a, dtype), variables)
 
     def apply(self, variables, x, **overrides):
         """Run the network: ``x`` NHWC -> output NHWC (or ``(batch, classes)`` with a head).
@@ -125,8 +135,11 @@ class ZooEntry:
         module = self.model(**overrides)
         return module.apply(variables, x, rngs={"dropout": jax.random.key(1)})
 
-    def build(self, key: jax.Array | None = None, **overrides) -> Callable[[jax.Array], jax.Array]:
-        """``x -> y`` with random weights (fixed seed unless ``key``) closed over.
+    def build(
+        self, key: jax.Array | None = None, dtype=jnp.float32, **overrides
+    ) -> Callable[[jax.Array], jax.Array]:
+        """``x -> y`` with random weights (fixed seed unless ``key``, ``dtype`` as in
+        :meth:`init`) closed over.
 
         Example:
             >>> import jax.numpy as jnp
@@ -135,7 +148,7 @@ class ZooEntry:
             >>> round(float(fn(jnp.ones((1, 32, 32, 1)))[0, 16, 16, 0]), 4)  # box filters of 1
             1.0
         """
-        variables = self.init(key, **overrides)
+        variables = self.init(key, dtype=dtype, **overrides)
         module = self.model(**overrides)
         rngs = {"dropout": jax.random.key(1)}
         return lambda x: module.apply(variables, x, rngs=rngs)
