@@ -23,6 +23,7 @@ SCRIPTS = (
     "luo_fig1",
     "luo_fig3",
     "luo_fig2",
+    "luo_findings",
 )
 
 
