@@ -24,6 +24,7 @@ SCRIPTS = (
     "luo_fig3",
     "luo_fig2",
     "luo_findings",
+    "zoo_theory_vs_measured",
 )
 
 
