@@ -25,6 +25,7 @@ SCRIPTS = (
     "luo_fig2",
     "luo_findings",
     "zoo_theory_vs_measured",
+    "replknet_area_ratio",
 )
 
 
