@@ -289,6 +289,21 @@ def dynamic_slice(ctx, eqn, inputs):
     return [_through(ctx, eqn, operand, windows, operand.axes, "slice")]
 
 
+def split(ctx, eqn, inputs):
+    """``split`` (``jnp.split``): output ``k`` is the static slice ``[o_k, o_k + n_k)`` along
+    ``axis`` (``o_k`` the sum of the earlier sizes), a kernel-1 window cropping both ends."""
+    (operand,) = inputs
+    axis = eqn.params["axis"]
+    n = _shape(eqn.invars[0])[axis]
+    outs, offset = [], 0
+    for size in map(int, eqn.params["sizes"]):
+        windows: list[Window | None] = [None] * len(operand.axes)
+        windows[axis] = Window(1, 1, (-offset, offset + size - n))
+        outs.append(_through(ctx, eqn, operand, windows, operand.axes, "slice"))
+        offset += size
+    return outs
+
+
 def cumulative(ctx, eqn, inputs):
     """``cumsum``/``cummax``/...: output ``i`` reads ``0..i`` (or ``i..n-1`` reversed)."""
     (operand,) = inputs
@@ -385,9 +400,21 @@ def broadcast_in_dim(ctx, eqn, inputs):
     shape = eqn.params["shape"]
     in_shape = _shape(eqn.invars[0])
     axes: list[Label] = [None] * len(shape)
+    stretched: dict[int, int] = {}
     for i, p in enumerate(eqn.params["broadcast_dimensions"]):
-        axes[p] = x.axes[i] if in_shape[i] == shape[p] else None
-    return [Dependent(x.state, tuple(axes))]
+        label = x.axes[i]
+        if in_shape[i] == shape[p]:
+            axes[p] = label
+        elif isinstance(label, int) and x.state.shape[label] == 1:
+            # A labelled size-1 spatial axis stretched to n keeps its label, so that a later
+            # pad or crop along it is followed; every position reads what position 0 reads.
+            axes[p] = label
+            stretched[label] = int(shape[p])
+    state = x.state
+    if stretched:
+        target = tuple(stretched.get(a, n) for a, n in enumerate(state.shape))
+        state = broadcast_state(state, target, ctx.layer_name(eqn, "broadcast"))
+    return [Dependent(state, tuple(axes))]
 
 
 def reshape(ctx, eqn, inputs):
@@ -515,6 +542,8 @@ def dot_general(ctx, eqn, inputs):
     c_other = contract[1 - k][contract[k].index(p)]
     value = other.value != 0
     free_other = [q for q in free[1 - k] if _shape(eqn.invars[1 - k])[q] != 1]
+    if not free_other and len(free[1 - k]) == 1 and not batch[1 - k]:
+        free_other = list(free[1 - k])  # an (n_in, 1) matrix: a resize to size 1 keeps the axis
     if len(free_other) > 1 or batch[1 - k]:
         raise Mixing("a constant contraction over a spatial axis with several free axes")
     keep = [c_other] + free_other
@@ -596,6 +625,8 @@ def gather(ctx, eqn, inputs):
     ctx.record(state, name, "gather")
     if big:
         axes[big[0]] = label
+    elif len(batch_out) == 1:  # one index (a resize to size 1): its axis keeps the label
+        axes[batch_out[0]] = label
     return [Dependent(state, tuple(axes))]
 
 
@@ -640,6 +671,7 @@ RULES: dict[str, Rule] = {
     "pad": pad,
     "slice": slice_,
     "dynamic_slice": dynamic_slice,
+    "split": split,
     **dict.fromkeys(_CUMULATIVE, cumulative),
     "concatenate": concatenate,
     **dict.fromkeys(_REDUCTIONS, reduction),

@@ -1,0 +1,188 @@
+"""Named regression cases: every mismatch the random-architecture property test ever found.
+
+Each case is the minimised network, with the expected boxes derived by hand in its docstring
+(input pixel sets per output position, then their bounding boxes). Both sides are checked
+against the hand derivation: the analytic ``region(index, clip=True)`` and the structural
+measured support (:func:`jaxrf.actual_receptive_field` with ``mode="structural"``).
+
+Found by ``tests/test_random_architectures.py`` (see its docstring for the harness).
+"""
+
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+import jaxrf
+
+
+def analytic_boxes(fn, x):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", jaxrf.MisalignmentWarning)
+        rf = jaxrf.receptive_field(fn, x)
+    return [rf.region(index, clip=True) for index in np.ndindex(*rf.output_shape)]
+
+
+def measured_boxes(fn, x):
+    out = jax.eval_shape(fn, x).shape[1:-1]
+    return [
+        jaxrf.actual_receptive_field(fn, x, index, mode="structural").box
+        for index in np.ndindex(*out)
+    ]
+
+
+def pad1(x, lo, hi, interior=0):
+    """``lax.pad`` along the one spatial axis of an NWC array."""
+    return lax.pad(x, np.float32(0), ((0, 0, 0), (lo, hi, interior), (0, 0, 0)))
+
+
+X6 = jnp.zeros((1, 6, 1), jnp.float32)
+
+
+# ---------------------------------------------------------------------------------------
+# Fixed: jnp.split had no receptive-field rule.
+# ---------------------------------------------------------------------------------------
+
+
+def split_spatial(x):
+    return jnp.split(x, [3], axis=1)[1]
+
+
+def split_then_conv(x):
+    y = jnp.split(x, [2, 5], axis=1)[1]  # input 2..4
+    w = jnp.ones((2, 1, 1), jnp.float32)
+    return lax.conv_general_dilated(y, w, (1,), "VALID", dimension_numbers=("NWC", "WIO", "NWC"))
+
+
+def split_channels(x):  # what lax.conv_transpose with groups looks like in a model
+    a, b = jnp.split(x, 2, axis=-1)
+    return a * b
+
+
+def test_split_on_a_spatial_axis():
+    """``jnp.split(x, [3], axis=1)[1]`` on 8 pixels: output ``j`` is input ``3 + j``.
+
+    Found as ``TypeError: jaxrf has no receptive-field rule for primitive 'split'`` on a
+    grouped transposed convolution written with ``jnp.split`` over channels (the structural
+    side already knew ``split``). Hand derivation: the second piece holds pixels 3..7, so
+    output ``j`` (0..4) reads exactly ``{3 + j}``, box ``(3 + j, 3 + j)``.
+    Fix: a ``split`` rule in ``jaxrf/_rules.py`` (each piece a kernel-1 crop window).
+    """
+    x = jnp.zeros((1, 8, 1), jnp.float32)
+    expected = [((3 + j, 3 + j),) for j in range(5)]
+    assert analytic_boxes(split_spatial, x) == expected
+    assert measured_boxes(split_spatial, x) == expected
+
+
+def test_split_then_conv():
+    """Pieces ``[0, 2) [2, 5) [5, 8)`` of 8 pixels; the middle one (pixels 2..4) through a
+    kernel-2 VALID conv: 2 outputs, output ``j`` reads ``{2 + j, 3 + j}``."""
+    x = jnp.zeros((1, 8, 1), jnp.float32)
+    expected = [((2, 3),), ((3, 4),)]
+    assert analytic_boxes(split_then_conv, x) == expected
+    assert measured_boxes(split_then_conv, x) == expected
+
+
+def test_split_on_channels():
+    """Splitting channels leaves the spatial field alone: output ``i`` reads ``{i}``."""
+    x = jnp.zeros((1, 5, 2), jnp.float32)
+    expected = [((i, i),) for i in range(5)]
+    assert analytic_boxes(split_channels, x) == expected
+    assert measured_boxes(split_channels, x) == expected
+
+
+# ---------------------------------------------------------------------------------------
+# Fixed: a spatial axis of size 1 lost its label, so a later pad along it was not followed
+# and the merge broadcast the size-1 map to every position.
+# ---------------------------------------------------------------------------------------
+
+
+def nearest_to_one_then_pad(x):
+    return x * pad1(jax.image.resize(x, (1, 1, 1), "nearest"), 0, 5)
+
+
+def linear_to_one_then_pad(x):
+    return x * pad1(jax.image.resize(x, (1, 1, 1), "linear", antialias=False), 0, 5)
+
+
+def broadcast_then_pad(x):
+    return x * pad1(jnp.broadcast_to(x[:, 2:3], (1, 4, 1)), 0, 2)
+
+
+def test_nearest_resize_to_one_then_pad():
+    """6 pixels; ``g`` = nearest resize to 1 pixel, padded by ``(0, 5)`` back to 6; ``x * g``.
+
+    Minimised from the hypothesis example ``Net(size=(3, 6, 6), channels=2,
+    nodes=(Node('resize', (0,), dict(shape=(5, 1, 7), method='nearest', antialias=False)),
+    Node('mul', (0, 1), dict(offsets=(0, 0, 0)))))`` (86 of 90 positions wrong).
+
+    Hand derivation: jax's nearest resize reads input ``floor((i + 1/2) * 6 / 1)`` for output
+    ``i``, so the single output reads pixel 3. After the pad, ``g[0]`` reads ``{3}`` and
+    ``g[1..5]`` are padding (read nothing). Output ``0`` reads ``{0, 3}``, box ``(0, 3)``;
+    output ``i >= 1`` reads only ``x[i]``: ``(i, i)``. The analytic side gave ``(i, 3)`` /
+    ``(3, i)``: the gather to size 1 left the axis unlabelled, the pad along it was skipped and
+    the multiply broadcast ``g[0]``'s field to every position.
+    Fix: the ``gather`` rule keeps the label on its single index axis.
+    """
+    expected = [((0, 3),)] + [((i, i),) for i in range(1, 6)]
+    assert analytic_boxes(nearest_to_one_then_pad, X6) == expected
+    assert measured_boxes(nearest_to_one_then_pad, X6) == expected
+
+
+def test_linear_resize_to_one_then_pad():
+    """As above with a linear resize, no antialiasing: the single output samples position
+    ``(0 + 1/2) * 6 - 1/2 = 5/2``, between pixels 2 and 3, so ``g[0]`` reads ``{2, 3}``.
+
+    Output ``0`` reads ``{0, 2, 3}``: ``(0, 3)``; output ``i >= 1``: ``(i, i)``. The analytic
+    side gave ``(0, 5)`` everywhere: an ``(n_in, 1)`` interpolation matrix was treated as a
+    global contraction (axis label dropped). Fix: the ``dot_general`` rule keeps the axis of a
+    constant with a single free axis of size 1 (a resize to one pixel).
+    """
+    expected = [((0, 3),)] + [((i, i),) for i in range(1, 6)]
+    assert analytic_boxes(linear_to_one_then_pad, X6) == expected
+    assert measured_boxes(linear_to_one_then_pad, X6) == expected
+
+
+def test_broadcast_of_a_pixel_then_pad():
+    """``b`` = pixel 2 broadcast to 4 positions, padded by ``(0, 2)`` to 6; ``x * b``.
+
+    Hand derivation: ``b[0..3]`` read ``{2}``, ``b[4], b[5]`` are padding. Output ``i <= 3``
+    reads ``{i, 2}``: ``(0, 2), (1, 2), (2, 2), (2, 3)``; outputs 4 and 5 read ``{i}``. The
+    analytic side gave ``(2, 4), (2, 5)`` for the last two (``broadcast_in_dim`` dropped the
+    label of the stretched size-1 axis). Fix: ``broadcast_in_dim`` keeps the label and
+    broadcasts the field state at once.
+    """
+    expected = [((0, 2),), ((1, 2),), ((2, 2),), ((2, 3),), ((4, 4),), ((5, 5),)]
+    assert analytic_boxes(broadcast_then_pad, X6) == expected
+    assert measured_boxes(broadcast_then_pad, X6) == expected
+
+
+# ---------------------------------------------------------------------------------------
+# Open: a spatial reduction with keepdims, then a pad along the reduced axis.
+# ---------------------------------------------------------------------------------------
+
+
+def mean_keepdims_then_pad(x):
+    return x * pad1(jnp.mean(x, axis=1, keepdims=True), 0, 5)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="reduce_sum drops the reduced spatial axis and broadcast_in_dim (keepdims) brings "
+    "it back unlabelled, so a pad/crop/window along it is not followed and the merge "
+    "broadcasts the global field to every position: needs the reduction to keep a size-1 "
+    "labelled axis through keepdims (a design change in _rules.py, not a one-rule fix)",
+)
+def test_global_mean_keepdims_then_pad():
+    """``g`` = mean over the 6 pixels with ``keepdims``, padded by ``(0, 5)``; ``x * g``.
+
+    Hand derivation: ``g[0]`` reads ``{0..5}``, ``g[1..5]`` are padding. Output ``0`` reads
+    everything: ``(0, 5)``; output ``i >= 1`` reads ``{i}``: ``(i, i)``. The structural side
+    measures exactly this; the analytic side answers ``(0, 5)`` at every position.
+    """
+    expected = [((0, 5),)] + [((i, i),) for i in range(1, 6)]
+    assert measured_boxes(mean_keepdims_then_pad, X6) == expected
+    assert analytic_boxes(mean_keepdims_then_pad, X6) == expected
