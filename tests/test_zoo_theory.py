@@ -43,7 +43,7 @@ CASES = [
     ("resnet_v1_50", 64, None, 0, False),
     # Slow: structurally identical variants, and the heavier nets at small inputs.
     ("distill_misaligned", 16, "border", 4, True),
-    ("unet", 32, "border", 4, True),
+    ("unet", 32, "corners", 8, True),
     ("luo_random", 16, None, 0, True),
     ("luo_relu", 16, None, 0, True),
     ("luo_tanh", 16, None, 0, True),
@@ -89,7 +89,8 @@ def _positions(output_shape, probes, interior, seed=0):
 
 
 def _case_id(case):
-    return f"{case[0]}@{case[1]}"
+    name, side, probes, interior, _ = case
+    return f"{name}@{side}" + (f"-{probes}+{interior}" if probes else "")
 
 
 @pytest.mark.parametrize(
