@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 import numbers
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import jax
 import jax.numpy as jnp
@@ -202,6 +202,7 @@ def effective_receptive_field(
     devices=None,
     progress: bool | None = None,
     nonfinite: str = "raise",
+    crop=None,
 ) -> EffectiveReceptiveField:
     """Luo's effective receptive field: the mean gradient map of one output position.
 
@@ -232,6 +233,12 @@ def effective_receptive_field(
         progress: show a tqdm bar (default: when there are more than 10 batches).
         nonfinite: ``"raise"`` (default: NaN/inf gradients raise, naming the sample) or
             ``"skip"`` (leave those samples out, counted in ``nonfinite_samples``).
+        crop: a :class:`jaxrf.Crop` from :func:`jaxrf.crop_for_unit` for the probed unit: every
+            sample is cut to the unit's receptive-field cone, the network runs forward and
+            backward on the crop only, and the map is pasted back at full size. Exact (the
+            crop keeps every layer's grid and SAME padding); ``index`` must then be the crop's
+            ``output_index`` (or ``"center"`` when that is the crop's unit). Inputs must use the
+            default layout (spatial axes between batch and channels).
 
     Returns:
         :class:`EffectiveReceptiveField` (``.map``, ``.count``, statistics methods).
@@ -268,6 +275,25 @@ def effective_receptive_field(
         raise TypeError(
             f"`inputs` (={type(inputs).__name__}) must be an array (N, *spatial, channels) or an "
             "iterable of such batches."
+        )
+    if crop is not None:
+        return _cropped_erf(
+            fn,
+            inputs,
+            index,
+            crop,
+            init_fn=init_fn,
+            key=key,
+            num_draws=num_draws,
+            batch_size=batch_size,
+            reduce=reduce,
+            channel=channel,
+            channel_weights=channel_weights,
+            spatial_axes=spatial_axes,
+            output_spatial_axes=output_spatial_axes,
+            devices=devices,
+            progress=progress,
+            nonfinite=nonfinite,
         )
     apply = _Apply(fn, init_fn is not None)
     key = jax.random.key(0) if key is None else key
@@ -356,13 +382,63 @@ def effective_receptive_field(
     )
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _apply_jit(apply, params, x):
+    return apply(params, x)
+
+
+def _cropped_erf(fn, inputs, index, crop, **kwargs) -> EffectiveReceptiveField:
+    """The ERF of ``crop.output_index`` computed on the crop of every sample, pasted back."""
+    if spatial := kwargs.get("spatial_axes"):
+        raise ValueError(
+            f"`crop` with `spatial_axes` (={spatial}) is not supported; give inputs as (batch, "
+            "*spatial, channels) or crop them yourself with crop.take(x, spatial_axes)."
+        )
+    target = tuple(crop.output_index)
+    if index != "center" and tuple(index) != target:
+        raise ValueError(
+            f"`index` (={index!r}) is not the unit the crop was made for ({target}); build the "
+            "crop with jaxrf.crop_for_unit(rf, index) for the same index."
+        )
+    seen = []  # (channels, dtype) of the samples, for the output-shape inference below
+
+    def take(xb):
+        if tuple(xb.shape[1:-1]) != tuple(crop.input_shape):
+            raise ValueError(
+                f"`inputs` have spatial shape {tuple(xb.shape[1:-1])} but the crop was made for "
+                f"{tuple(crop.input_shape)}; build it from the receptive field at this input size."
+            )
+        seen.append((xb.shape[-1], xb.dtype))
+        return crop.take(xb)
+
+    if hasattr(inputs, "shape"):
+        cropped = take(inputs)
+    elif kwargs.get("num_draws", 1) > 1:
+        cropped = [take(xb) for xb in inputs]  # re-iterated once per draw
+    else:
+        cropped = (take(xb) for xb in inputs)
+    erf = effective_receptive_field(fn, cropped, tuple(crop.index), **kwargs)
+    full = np.zeros(crop.input_shape, np.float64)
+    full[crop.slices] = erf.map
+    # The full network's output shape, by shape inference only (nothing runs at full size).
+    init_fn = kwargs.get("init_fn")
+    apply = _Apply(fn, init_fn is not None)
+    params = None if init_fn is None else jax.eval_shape(init_fn, jax.random.key(0))
+    channels, dtype = seen[0]
+    x = jax.ShapeDtypeStruct((1, *crop.input_shape, channels), dtype)
+    out_shape = tuple(jax.eval_shape(apply, params, x).shape[1:-1])
+    return replace(
+        erf, map=full, index=target, input_shape=tuple(crop.input_shape), output_shape=out_shape
+    )
+
+
 def _setup(apply, params, xb, index, spatial_axes, output_spatial_axes, channel, channel_weights):
     xb = jnp.asarray(xb)
     if not jnp.issubdtype(xb.dtype, jnp.floating):
         raise TypeError(f"`inputs` have dtype {xb.dtype}; gradients need floats.")
     sample = jax.ShapeDtypeStruct((1, *xb.shape[1:]), xb.dtype)
     in_layout = make_layout(sample.shape, spatial_axes, "inputs")
-    out = jax.eval_shape(functools.partial(apply, params), sample)
+    out = _apply_jit.eval_shape(apply, params, sample)  # cached per network: no re-trace
     axes = spatial_axes if output_spatial_axes is None else output_spatial_axes
     out_layout: Layout = make_layout(out.shape, axes, "fn(x)")
     if len(out_layout.spatial) != len(in_layout.spatial):

@@ -132,3 +132,35 @@ def test_input_errors():
         jaxrf.effective_receptive_field(
             lambda w, x: x, iter([jnp.ones((1, 5, 1))]), (0,), init_fn=lambda k: None, num_draws=2
         )
+
+
+def test_cropped_erf_equals_full_image_erf():
+    """crop= runs on the unit's cone only; the pasted map equals the full-image ERF exactly.
+
+    Two 3x3 stride-2 SAME convs with ReLU on 23x23: unit (3, 3) of the 6x6 output depends on
+    an 11x11 window, so the crop is much smaller than the image; with float64 and
+    identical arithmetic on the cone the maps must agree to rounding.
+    """
+    rng = np.random.default_rng(0)
+    w1, w2 = rng.normal(size=(3, 3, 2, 4)), rng.normal(size=(3, 3, 4, 3))
+    dn = ("NHWC", "HWIO", "NHWC")
+
+    def net(x):
+        conv = jax.lax.conv_general_dilated
+        h = jax.nn.relu(conv(x, jnp.asarray(w1, x.dtype), (2, 2), "SAME", dimension_numbers=dn))
+        return conv(h, jnp.asarray(w2, x.dtype), (2, 2), "SAME", dimension_numbers=dn)
+
+    with jax.enable_x64(True):
+        x = jnp.asarray(rng.normal(size=(6, 23, 23, 2)))
+        rf = jaxrf.from_layers([jaxrf.Layer(3, stride=2, padding="SAME")] * 2, (23, 23))
+        crop = jaxrf.crop_for_unit(rf, (3, 3))
+        assert crop.fraction < 0.5
+        full = jaxrf.effective_receptive_field(net, x, (3, 3), batch_size=4)
+        cut = jaxrf.effective_receptive_field(net, x, (3, 3), batch_size=4, crop=crop)
+        batches = jaxrf.effective_receptive_field(net, [x[:4], x[4:]], (3, 3), crop=crop)
+    np.testing.assert_allclose(cut.map, full.map, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(batches.map, full.map, rtol=1e-12, atol=1e-15)
+    assert cut.output_shape == full.output_shape == (6, 6)
+    assert cut.index == (3, 3) and cut.map.shape == (23, 23)
+    with pytest.raises(ValueError, match=r"`index` \(=\(2, 2\)\) is not the unit the crop"):
+        jaxrf.effective_receptive_field(net, x, (2, 2), crop=crop)
