@@ -173,7 +173,9 @@ def merge_terms(terms: Sequence[Term]) -> tuple[Term, ...]:
         if len(members) == 1:
             out.append(members[0])
         else:
-            out.append(tuple(np.logical_or.reduce([t[a] for t in members]) for a in range(len(members[0]))))
+            out.append(
+                tuple(np.logical_or.reduce([t[a] for t in members]) for a in range(len(members[0])))
+            )
     return tuple(out)
 
 
@@ -432,9 +434,9 @@ class ReceptiveField:
             rows = [row_box(m[i]) for m, i in zip(term, index, strict=True)]
             if any(r is None for r in rows):
                 continue  # this term reads padding only at this position
-            for a, (l, h) in enumerate(rows):
-                lo[a] = l if lo[a] is None else min(lo[a], l)
-                hi[a] = h if hi[a] is None else max(hi[a], h)
+            for a, (first, last) in enumerate(rows):
+                lo[a] = first if lo[a] is None else min(lo[a], first)
+                hi[a] = last if hi[a] is None else max(hi[a], last)
         if lo[0] is None:
             return None
         return tuple(zip(lo, hi, strict=True))
@@ -451,7 +453,9 @@ class ReceptiveField:
         local = [p for p in self.paths if not p.is_global]
         if len(local) == 1 and not self.is_global:
             p = local[0]
-            return tuple(as_number(S * i + o) for S, i, o in zip(p.stride, index, p.offset, strict=True))
+            return tuple(
+                as_number(S * i + o) for S, i, o in zip(p.stride, index, p.offset, strict=True)
+            )
         box = self.region(index)
         return tuple(as_number(Fraction(lo + hi, 2)) for lo, hi in box)
 
@@ -464,7 +468,8 @@ class ReceptiveField:
         Example:
             >>> import jaxrf
             >>> from fractions import Fraction
-            >>> jaxrf.from_layers([jaxrf.Layer(2, stride=2)], input_shape=(8,)).index_at((Fraction(5, 2),))
+            >>> rf = jaxrf.from_layers([jaxrf.Layer(2, stride=2)], input_shape=(8,))
+            >>> rf.index_at((Fraction(5, 2),))
             (1,)
         """
         local = [p for p in self.paths if not p.is_global]

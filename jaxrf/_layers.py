@@ -191,7 +191,9 @@ def broadcast_state(state: FieldState, shape: Sequence[int], name: str) -> Field
                 "the same shape."
             )
     terms = tuple(
-        tuple(m if m.shape[0] == n else np.repeat(m, n, axis=0) for m, n in zip(t, shape, strict=True))
+        tuple(
+            m if m.shape[0] == n else np.repeat(m, n, axis=0) for m, n in zip(t, shape, strict=True)
+        )
         for t in state.terms
     )
     paths = []
@@ -200,7 +202,10 @@ def broadcast_state(state: FieldState, shape: Sequence[int], name: str) -> Field
             paths.append(p)
             continue
         # Region of every position is that of position 0: stride 0 on broadcast axes.
-        stride = tuple(Fraction(0) if n == 1 and m != 1 else S for S, n, m in zip(p.stride, state.shape, shape, strict=True))
+        stride = tuple(
+            Fraction(0) if n == 1 and m != 1 else S
+            for S, n, m in zip(p.stride, state.shape, shape, strict=True)
+        )
         paths.append(Path(p.size, stride, p.padding, p.name))
     return FieldState(tuple(shape), tuple(paths), terms)
 
@@ -269,7 +274,9 @@ def check_input_shape(input_shape, argument: str = "input_shape") -> tuple[int, 
     return tuple(int(n) for n in shape)
 
 
-def from_layers(layers: Sequence[Layer | Parallel | Global], input_shape: Sequence[int]) -> ReceptiveField:
+def from_layers(
+    layers: Sequence[Layer | Parallel | Global], input_shape: Sequence[int]
+) -> ReceptiveField:
     """Receptive field of a network given as a list of layer descriptions.
 
     Args:

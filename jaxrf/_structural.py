@@ -105,7 +105,7 @@ _INDEX_OPERANDS = {
 }
 
 
-def supported_primitives() -> list[str]:
+def structural_primitives() -> list[str]:
     """Names of the primitives the structural rewrite has a rule for."""
     return sorted(
         ELEMENTWISE
@@ -231,7 +231,7 @@ class _Rewriter:
         if not known and name not in ("cumsum", "sort") and self.unknown != "global":
             raise TypeError(
                 f"structural mode has no rule for primitive '{name}' (traced from "
-                f"{_where(eqn)}). Supported: {', '.join(supported_primitives())}. Escape hatches: "
+                f"{_where(eqn)}). Supported: {', '.join(structural_primitives())}. Escape hatches: "
                 "unknown='global' (conservative: every output of that operation reads all of its "
                 "inputs), or mode='measured'."
             )

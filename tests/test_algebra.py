@@ -73,8 +73,9 @@ def test_same_padding_matches_jax_lax(n, k, s, d, expected):
     # ... and the output of a real SAME convolution has the size our padding implies.
     x = jnp.zeros((1, n, 1))
     w = jnp.zeros((k, 1, 1))
-    y = jax.lax.conv_general_dilated(x, w, (s,), "SAME", rhs_dilation=(d,),
-                                     dimension_numbers=("NWC", "WIO", "NWC"))
+    y = jax.lax.conv_general_dilated(
+        x, w, (s,), "SAME", rhs_dilation=(d,), dimension_numbers=("NWC", "WIO", "NWC")
+    )
     assert y.shape[1] == Window(k, s, expected, d).output_size(n)
 
 

@@ -50,7 +50,9 @@ PUBLISHED = [
 ]
 
 
-@pytest.mark.parametrize("name,layers,size,stride,padding", PUBLISHED, ids=[p[0] for p in PUBLISHED])
+@pytest.mark.parametrize(
+    "name,layers,size,stride,padding", PUBLISHED, ids=[p[0] for p in PUBLISHED]
+)
 def test_published_networks(name, layers, size, stride, padding):
     rf = from_layers(layers, (224, 224))
     assert rf.size == (size, size)
@@ -62,7 +64,10 @@ def test_published_networks(name, layers, size, stride, padding):
 def test_alexnet_per_layer_records_match_the_published_end_points():
     # Rows of ../shared/data/araujo_receptive_field_table.csv for alexnet_v2 at 224.
     published = {
-        "conv1": (11, 4, 0), "pool1": (19, 8, 0), "conv2": (51, 8, 16), "conv3": (99, 16, 32),
+        "conv1": (11, 4, 0),
+        "pool1": (19, 8, 0),
+        "conv2": (51, 8, 16),
+        "conv3": (99, 16, 32),
         "pool5": (195, 32, 64),
     }
     rows = {r.name: r for r in from_layers(ALEXNET_V2, (224, 224)).layers}
@@ -79,18 +84,28 @@ def test_alexnet_per_layer_records_match_the_published_end_points():
 # -- google-research hand networks ----------------------------------------------------------
 
 NETWORK_1 = [  # aligned: 1x1 s4 beside pad[1,0] + 3x3 VALID s2 + 1x1 s2
-    Parallel([
-        [Layer(1, stride=4, name="L1")],
-        [Layer(1, padding=[(1, 0), (1, 0)], op="pad"), Layer(3, stride=2, name="L2"),
-         Layer(1, stride=2, name="L3")],
-    ])
+    Parallel(
+        [
+            [Layer(1, stride=4, name="L1")],
+            [
+                Layer(1, padding=[(1, 0), (1, 0)], op="pad"),
+                Layer(3, stride=2, name="L2"),
+                Layer(1, stride=2, name="L3"),
+            ],
+        ]
+    )
 ]
 NETWORK_2 = [  # network 1 with the right branch as max pools: same numbers
-    Parallel([
-        [Layer(1, stride=4, name="L1")],
-        [Layer(1, padding=[(1, 0), (1, 0)], op="pad"), Layer(3, stride=2, op="max_pool"),
-         Layer(1, stride=2, op="max_pool")],
-    ])
+    Parallel(
+        [
+            [Layer(1, stride=4, name="L1")],
+            [
+                Layer(1, padding=[(1, 0), (1, 0)], op="pad"),
+                Layer(3, stride=2, op="max_pool"),
+                Layer(1, stride=2, op="max_pool"),
+            ],
+        ]
+    )
 ]
 NETWORK_5 = [Layer((3, 5), stride=2), Layer((3, 1), stride=2)]
 
@@ -111,13 +126,20 @@ def test_network_5_non_square_kernels():
 
 
 def test_network_3_misaligned_names_both_branches():
-    net = [Parallel([
-        [Layer(1, padding=[(2, 1), (2, 1)], op="pad"), Layer(5, stride=2, name="L1")],
-        [Layer(3, name="L2"), Layer(3, name="L3")],
-    ])]
+    net = [
+        Parallel(
+            [
+                [Layer(1, padding=[(2, 1), (2, 1)], op="pad"), Layer(5, stride=2, name="L1")],
+                [Layer(3, name="L2"), Layer(3, name="L3")],
+            ]
+        )
+    ]
     # input 7: left (7 + 3 - 5)//2 + 1 = 3, right 7 - 4 = 3.
-    with pytest.warns(MisalignmentWarning, match=r"'L1' \(stride 2, padding 2, size 5\).*"
-                                                 r"'L3' \(stride 1, padding 0, size 5\)"):
+    with pytest.warns(
+        MisalignmentWarning,
+        match=r"'L1' \(stride 2, padding 2, size 5\).*"
+        r"'L3' \(stride 1, padding 0, size 5\)",
+    ):
         rf = from_layers(net, (7, 7))
     assert not rf.aligned
     # Per-position regions, by hand. Left: u = 2i - 2, v = 2i + 2. Right: [i, i + 4].
@@ -130,7 +152,9 @@ def test_network_3_misaligned_names_both_branches():
 
 def test_network_4_same_padding_alignment_depends_on_input_size():
     # google-research network 4: 1x1 s4 VALID beside 3x3 s2 SAME + 1x1 s2 VALID.
-    net = [Parallel([[Layer(1, stride=4)], [Layer(3, stride=2, padding="SAME"), Layer(1, stride=2)]])]
+    net = [
+        Parallel([[Layer(1, stride=4)], [Layer(3, stride=2, padding="SAME"), Layer(1, stride=2)]])
+    ]
     # input 9: SAME pads (1, 1): right r 3, P 1, offset 0 == left offset 0 -> aligned 3/4/1.
     rf = from_layers(net, (9, 9))
     assert (rf.size, rf.stride, rf.padding, rf.aligned) == ((3, 3), (4, 4), (1, 1), True)
@@ -185,7 +209,12 @@ def test_branch_reading_only_padding_does_not_widen_other_axes():
 def test_three_dimensional_network():
     # 3x3x3 conv then 2x2x2 stride-2 pool on a 8x8x8 volume: r = 3 + 1 = 4, S = 2, P = 0.
     rf = from_layers([Layer(3), Layer(2, stride=2, op="max_pool")], (8, 8, 8))
-    assert (rf.size, rf.stride, rf.padding, rf.output_shape) == ((4,) * 3, (2,) * 3, (0,) * 3, (3,) * 3)
+    assert (rf.size, rf.stride, rf.padding, rf.output_shape) == (
+        (4,) * 3,
+        (2,) * 3,
+        (0,) * 3,
+        (3,) * 3,
+    )
     assert rf.region((2, 0, 1), clip=True) == ((4, 7), (0, 3), (2, 5))
 
 
@@ -219,7 +248,10 @@ def test_center_and_index_at_round_trip_on_alexnet():
 
 windows = st.builds(
     lambda k, s, p, q, d: (k, s, (p, q), d),
-    k=st.integers(1, 5), s=st.integers(1, 3), p=st.integers(-1, 3), q=st.integers(-1, 3),
+    k=st.integers(1, 5),
+    s=st.integers(1, 3),
+    p=st.integers(-1, 3),
+    q=st.integers(-1, 3),
     d=st.integers(1, 2),
 )
 
@@ -257,8 +289,11 @@ def test_chain_regions_equal_brute_force(spec, n):
 
 
 @settings(max_examples=60, deadline=None)
-@given(left=st.lists(windows, min_size=1, max_size=3), right=st.lists(windows, max_size=3),
-       n=st.integers(10, 40))
+@given(
+    left=st.lists(windows, min_size=1, max_size=3),
+    right=st.lists(windows, max_size=3),
+    n=st.integers(10, 40),
+)
 def test_two_branch_clipped_region_is_hull_of_branches(left, right, n):
     chains = [[Window(k, s, pad, d) for k, s, pad, d in spec] for spec in (left, right)]
     ends = []
@@ -270,8 +305,17 @@ def test_two_branch_clipped_region_is_hull_of_branches(left, right, n):
         ends.append(m)
     # Pad or crop the right branch at its end so both branches end at the same size.
     chains[1].append(Window(1, 1, (0, ends[0] - ends[1])))
-    net = [Parallel([[Layer(w.kernel, stride=w.stride, padding=[w.padding], dilation=w.dilation)
-                      for w in chain] for chain in chains])]
+    net = [
+        Parallel(
+            [
+                [
+                    Layer(w.kernel, stride=w.stride, padding=[w.padding], dilation=w.dilation)
+                    for w in chain
+                ]
+                for chain in chains
+            ]
+        )
+    ]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", MisalignmentWarning)  # alignment is not under test here
         rf = from_layers(net, (n,))
@@ -315,8 +359,11 @@ def test_bad_input_shape_and_entries():
 
 def test_index_outside_the_output_raises():
     rf = from_layers([Layer(3)], (8, 8))  # output 6x6
-    with pytest.raises(ValueError, match=r"`index` \(=\(6, 0\)\) is outside the output: axis 0 "
-                                         r"has 6 positions.*<= 5"):
+    with pytest.raises(
+        ValueError,
+        match=r"`index` \(=\(6, 0\)\) is outside the output: axis 0 "
+        r"has 6 positions.*<= 5",
+    ):
         rf.region((6, 0), clip=True)
     with pytest.raises(ValueError, match=r"`index` \(=\(1,\)\) has 1 entries.*2 spatial axes"):
         rf.region((1,))
