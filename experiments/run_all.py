@@ -26,6 +26,7 @@ SCRIPTS = (
     "luo_findings",
     "zoo_theory_vs_measured",
     "replknet_area_ratio",
+    "erf_training",
 )
 
 
