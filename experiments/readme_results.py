@@ -66,6 +66,67 @@ def _summaries() -> dict:
             f"n {last['n']}, j {last['jump']}, r {last['size']}"
         )
 
+    def luo_fig2(rows):
+        deep = [r for r in rows if int(r["depth"]) == max(int(x["depth"]) for x in rows)]
+        parts = [f"{r['setting']} {_f(r['luo_size'], 1)} px (std {_f(r['erf_std'])})" for r in deep]
+        return (
+            f"ERF size at {deep[0]['depth']} layers (RF {deep[0]['theoretical_rf']}): "
+            + ", ".join(parts)
+        )
+
+    def luo_findings(rows):
+        deep = [r for r in rows if int(r["depth"]) == max(int(x["depth"]) for x in rows)]
+        parts = [
+            f"{r['finding']} {r['verdict']} (std x{_f(r['erf_std_over_baseline'])})"
+            for r in deep
+            if r["finding"] != "reference"
+        ]
+        agree = sum(r["agrees_with_luo"] == "True" for r in rows)
+        total = sum(r["finding"] != "reference" for r in rows)
+        return (
+            f"at {deep[0]['depth']} ReLU layers vs baseline: " + ", ".join(parts) + f"; "
+            f"{agree}/{total} rows agree with Luo et al. ([table](results/luo_findings.md))"
+        )
+
+    def zoo_theory_vs_measured(rows):
+        equal = sum(r["structural_equals_clipped"] == "yes" for r in rows)
+        known = [r for r in rows if r["matches_expected"] != "-"]
+        match = sum(r["matches_expected"] == "True" for r in known)
+        return (
+            f"{len(rows)} zoo nets: traced size/stride/padding equal the published or "
+            f"hand-derived values for {match}/{len(known)}; structural support box equals the "
+            f"clipped theoretical region for {equal}/{len(rows)} "
+            "([md](results/zoo_theory_vs_measured.md), [tex](results/zoo_theory_vs_measured.tex))"
+        )
+
+    def replknet_area_ratio(rows):
+        def ratios(r, who):
+            return "/".join(str(r[f"{who}_{t}"]) for t in (20, 30, 50, 99))
+
+        parts = []
+        for r in rows:
+            if r["log10"] != "True":
+                continue
+            text = f"{r['network']} {ratios(r, 'ours')} %"
+            if r["paper_network"] != "-":
+                text += f" (paper, trained: {ratios(r, 'paper')})"
+            parts.append(text)
+        return (
+            f"area ratio at t = 20/30/50/99 %, {rows[0]['input_size']}x{rows[0]['input_size']}, "
+            f"{rows[0]['images']} synthetic images, random weights (not comparable with the "
+            "paper): " + "; ".join(parts)
+        )
+
+    def erf_training(rows):
+        first, last = rows[0], rows[-1]
+        return (
+            f"ERF std {_f(first['erf_std'])} px at init -> {_f(last['erf_std'])} px after "
+            f"{last['step']} steps (Luo size {_f(first['luo_size'], 1)} -> "
+            f"{_f(last['luo_size'], 1)}, RF {first['theoretical_rf']}; test MSE "
+            f"{float(first['test_mse']):.3g} -> {float(last['test_mse']):.3g}) on a synthetic "
+            "blur-regression task"
+        )
+
     return {k: v for k, v in locals().items() if callable(v)}
 
 
@@ -78,7 +139,11 @@ def table() -> str:
         stem = path.stem
         script = meta.get("script", f"experiments/{stem}.py")
         finding = summaries[stem](rows) if stem in summaries else f"{len(rows)} rows"
-        figure = f"[png](results/{stem}.png)" if (path.with_suffix(".png")).exists() else "-"
+        figure = "-"
+        if path.with_suffix(".png").exists():
+            figure = f"[png](results/{stem}.png)"
+        elif path.with_suffix(".md").exists():
+            figure = f"[table](results/{stem}.md)"
         lines.append(
             f"| [{stem}]({script}) ([csv](results/{path.name})) | {meta.get('reproduces', '')} "
             f"| {finding} | {figure} |"

@@ -95,3 +95,76 @@ def test_luo_quick_run_matches_the_closed_form(tmp_path):
     assert float(uniform[2]["erf_std"]) == pytest.approx((2 * 8 / 12) ** 0.5, abs=1e-3)
     assert float(uniform[2]["closed_form_max_abs_diff"]) < 1e-6
     assert (tmp_path / "luo_fig3.png").exists()
+
+
+def test_zoo_theory_vs_measured_quick(tmp_path):
+    # Hand derivations (jaxrf/models/__init__.py and toys.py), not the code under test:
+    # Luo's 5-layer 3x3 stack at 32x32: r 11, S 1, P 5; centre output (16, 16) reads
+    # [16 - 5, 16 + 5] = [11, 21] per axis, inside the image, so the clipped region is that.
+    # Distill's misaligned toy: union of [2i - 1, 2i + 1] and [2i, 2i + 1]: 3 / 2 / 1.
+    _run("zoo_theory_vs_measured", tmp_path, "--quick")
+    meta, rows = _read(tmp_path / "zoo_theory_vs_measured.csv")
+    assert meta["script"] == "experiments/zoo_theory_vs_measured.py"
+    by_name = {r["network"]: r for r in rows}
+    luo = by_name["luo_relu"]
+    assert (luo["size"], luo["stride"], luo["padding"]) == ("11", "1", "5")
+    assert luo["clipped_region"] == "[11, 21] x [11, 21]"
+    mis = by_name["distill_misaligned"]
+    assert (mis["size"], mis["stride"], mis["padding"], mis["aligned"]) == ("3", "2", "1", "False")
+    assert all(r["structural_equals_clipped"] == "yes" for r in rows)
+    assert all(r["matches_expected"] == "True" for r in rows)
+    assert 0 < float(luo["erf_share_in_rf"]) <= 1
+    md = (tmp_path / "zoo_theory_vs_measured.md").read_text()
+    tex = (tmp_path / "zoo_theory_vs_measured.tex").read_text()
+    assert "| luo\\_relu |" not in md and "| luo_relu |" in md
+    assert "luo\\_relu &" in tex and "\\begin{tabular}" in tex and "\\bottomrule" in tex
+
+
+@pytest.mark.slow
+def test_luo_fig2_quick(tmp_path):
+    _run("luo_fig2", tmp_path, "--quick")
+    _, rows = _read(tmp_path / "luo_fig2.csv")
+    assert {r["nonlinearity"] for r in rows} == {"tanh", "sigmoid", "relu"}
+    # Theoretical RF of n 3x3 layers: 2 n + 1 (Distill: 1 + n (k - 1)).
+    assert {(r["depth"], r["theoretical_rf"]) for r in rows} == {("2", "5"), ("4", "9")}
+    assert (tmp_path / "luo_fig2.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_luo_findings_quick(tmp_path):
+    _run("luo_findings", tmp_path, "--quick")
+    _, rows = _read(tmp_path / "luo_findings.csv")
+    rf = {r["finding"]: int(r["theoretical_rf"]) for r in rows}
+    # 4 layers, hand: plain 1 + 4 * 2 = 9; dilation 2 (span 5): 1 + 4 * 4 = 17; stride 2 at
+    # layers 1 and 3: r = 3, 5 (S 2), 9, 13 (S 4) -> 13; skips leave the RF alone.
+    assert rf == {"reference": 9, "dropout": 9, "subsampling": 13, "dilation": 17, "skip": 9}
+    for r in rows:  # the verdict follows from the numbers, whatever they are
+        ratio = float(r["erf_std_over_baseline"])
+        if r["finding"] == "dropout":
+            assert r["verdict"] == ("shape kept" if abs(ratio - 1) <= 0.1 else "shape changed")
+        elif r["finding"] != "reference":
+            assert r["verdict"] == ("grows" if ratio > 1 else "shrinks")
+    assert (tmp_path / "luo_findings.md").read_text().count("\n| 4 |") == 5
+
+
+@pytest.mark.slow
+def test_replknet_area_ratio_quick(tmp_path):
+    out = _run("replknet_area_ratio", tmp_path, "--quick")
+    assert "not comparable" in out
+    _, rows = _read(tmp_path / "replknet_area_ratio.csv")
+    assert {r["log10"] for r in rows} == {"True", "False"}
+    # Torchvision ResNet-50 at 160: RF 427 > 160, so the crop is the whole image.
+    assert rows[0]["theoretical_rf"] == "427" and float(rows[0]["crop_fraction"]) == 1.0
+    ratios = [float(rows[0][f"ours_{t}"]) for t in (20, 30, 50, 99) if rows[0][f"ours_{t}"] != "-"]
+    assert len(ratios) >= 3 and ratios == sorted(ratios)  # a larger share: a square as large
+
+
+@pytest.mark.slow
+def test_erf_training_quick(tmp_path):
+    _run("erf_training", tmp_path, "--quick")
+    _, rows = _read(tmp_path / "erf_training.csv")
+    assert [r["step"] for r in rows] == ["0", "20"]
+    assert rows[0]["theoretical_rf"] == "9"  # 4 3x3 layers and a 1x1 head: 1 + 4 * 2
+    # The target's ERF is a Gaussian of std 5 truncated at 3 sigma: std just under 5.
+    assert 4.7 < float(rows[0]["target_std"]) < 5.0
+    assert rows[-1]["grew"] == str(float(rows[-1]["erf_std"]) > float(rows[0]["erf_std"]))
