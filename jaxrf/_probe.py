@@ -17,8 +17,10 @@ channel axis. The network's output uses the same ``spatial_axes`` unless
 from __future__ import annotations
 
 import functools
+import itertools
+import math
 import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import jax
@@ -258,6 +260,57 @@ def map_for_seed(fn, x, seed, weights, *, in_layout, out_layout, reduce):
     return reduce_channels(g, in_layout, reduce)
 
 
+def _support(pull, seeds, weights, in_layout: Layout):
+    """``(k, *out_spatial)`` seeds x ``(p, *channels)`` weights -> ``(k, p, batch, *spatial)``.
+
+    ``pull(seed, w)`` is one input gradient; ``jax.vmap`` batches the ``k * p`` backward passes
+    (a forward pass closed over by ``pull`` is computed once).
+    """
+
+    def one(seed, w):
+        return reduce_channels(pull(seed, w), in_layout, "abs")
+
+    return jax.vmap(jax.vmap(one, (None, 0)), (0, None))(seeds, weights)
+
+
+@functools.partial(jax.jit, static_argnames=("fn", "in_layout", "out_layout"))
+def _measured_masks(fn, x, seeds, weights, *, in_layout, out_layout):
+    """Masks ``(k, *spatial)`` (union over weights and samples) and non-finite flags ``(k,)``."""
+    y, pullback = jax.vjp(fn, x)
+
+    def pull(seed, w):
+        return pullback(seed_from_spatial(seed, w, y.shape, out_layout, y.dtype))[0]
+
+    values = _support(pull, seeds, weights, in_layout)
+    bad = jnp.any(~jnp.isfinite(values), axis=tuple(range(1, values.ndim)))
+    return jnp.any(values > 0, axis=(1, 2)), bad
+
+
+def structural_masks(fn, x, out_shape, in_layout: Layout, out_layout: Layout, unknown: str):
+    """Jitted ``(seeds (k, *out_spatial), weights (p, *channels)) -> (k, *in_spatial)`` masks.
+
+    Built on :func:`jaxrf._structural.structural_pullback` and cached with it: probing the same
+    network again (another position, another ``support_map``) compiles nothing new, except once
+    per new number of seeds per call.
+    """
+    from ._structural import per_object_cache, structural_pullback
+
+    structural = structural_pullback(fn, x, unknown=unknown)
+    cache = per_object_cache(structural)
+    key = ("masks", tuple(out_shape), in_layout, out_layout)
+    if key not in cache:
+
+        def pull(seed, w):
+            return structural(seed_from_spatial(seed, w != 0, out_shape, out_layout, jnp.float32))
+
+        @jax.jit
+        def masks(seeds, weights):
+            return jnp.any(_support(pull, seeds, weights, in_layout) > 0, axis=(1, 2))
+
+        cache[key] = masks
+    return cache[key]
+
+
 def check_finite(values: np.ndarray, what: str, nonfinite: str) -> None:
     """Raise (or warn) when ``values`` (``(batch, *spatial)``) has NaN or inf entries."""
     if nonfinite not in ("raise", "warn", "keep"):
@@ -441,7 +494,12 @@ def _check_mode(mode: str) -> str:
 
 
 class _Prober:
-    """Spatial seed (output spatial shape) -> bool mask of the input spatial shape."""
+    """Spatial seeds (output spatial shape) -> bool masks of the input spatial shape.
+
+    :meth:`masks` pulls back a stack of seeds in one jitted call: the forward pass (measured
+    mode) is shared and the backward passes are batched with ``jax.vmap``; only bool masks
+    come back to the host.
+    """
 
     def __init__(
         self,
@@ -467,6 +525,8 @@ class _Prober:
         self.input_shape = self.in_layout.spatial_shape(self.x.shape)
         self.output_shape = self.out_layout.spatial_shape(out.shape)
         channel_shape = self.out_layout.channel_shape(out.shape)
+        if mode == "measured" and nonfinite not in ("raise", "warn", "keep"):
+            raise ValueError(f"`nonfinite` (={nonfinite!r}) must be 'raise', 'warn' or 'keep'.")
         self.nonfinite = nonfinite
         if per_channel:
             if channel is not None or channel_weights is not None:
@@ -481,35 +541,50 @@ class _Prober:
             self.weights = [
                 channel_weight_array(channel_shape, channel, channel_weights, key, out.dtype)
             ]
+        self._weight_stack = jnp.stack(self.weights)
         if mode == "structural":
-            from ._structural import structural_pullback
+            self._masks = structural_masks(
+                fn, self.x, tuple(out.shape), self.in_layout, self.out_layout, unknown
+            )
 
-            self._pull = structural_pullback(fn, self.x, unknown=unknown)
+    @property
+    def seed_cost(self) -> int:
+        """Input-sized cotangents one seed costs (channel weightings x samples)."""
+        return len(self.weights) * int(self.x.shape[0] if self.mode == "measured" else 1)
 
-    def __call__(self, seed: np.ndarray) -> np.ndarray:
-        seed = jnp.asarray(seed)
-        mask = np.zeros(self.input_shape, bool)
-        for w in self.weights:
-            if self.mode == "measured":
-                values = np.asarray(
-                    map_for_seed(
+    def masks(self, seeds: np.ndarray) -> np.ndarray:
+        """``(k, *output_spatial)`` seeds -> ``(k, *input_spatial)`` bool masks, one call."""
+        seeds = jnp.asarray(seeds, jnp.float32)
+        if self.mode == "structural":
+            return np.asarray(self._masks(seeds, self._weight_stack))
+        masks, bad = _measured_masks(
+            self.fn,
+            self.x,
+            seeds,
+            self._weight_stack,
+            in_layout=self.in_layout,
+            out_layout=self.out_layout,
+        )
+        masks = np.asarray(masks)
+        if self.nonfinite != "keep":
+            for k in np.flatnonzero(np.asarray(bad)):  # rare: redo that seed for the message
+                for w in self.weights:
+                    values = map_for_seed(
                         self.fn,
                         self.x,
-                        seed,
+                        seeds[k],
                         w,
                         in_layout=self.in_layout,
                         out_layout=self.out_layout,
                         reduce="abs",
                     )
-                )
-                check_finite(values, "actual_receptive_field (measured)", self.nonfinite)
-                mask |= np.asarray(values > 0).any(axis=0)
-            else:
-                out_shape = jax.eval_shape(self.fn, self.x).shape
-                ct = seed_from_spatial(seed, w != 0, out_shape, self.out_layout, jnp.float32)
-                g = self._pull(ct)
-                mask |= np.asarray(reduce_channels(g, self.in_layout, "abs") > 0).any(axis=0)
-        return mask
+                    check_finite(
+                        np.asarray(values), "actual_receptive_field (measured)", self.nonfinite
+                    )
+        return masks
+
+    def __call__(self, seed: np.ndarray) -> np.ndarray:
+        return self.masks(np.asarray(seed)[None])[0]
 
     def one_hot(self, index) -> np.ndarray:
         seed = np.zeros(self.output_shape, np.float32)
@@ -696,6 +771,72 @@ def _axis_windows(probes, output_shape, input_shape, margin_scale):
     return tuple(windows), tuple(spacing)
 
 
+SEED_ELEMENTS_PER_CALL = 2**21  # input-sized cotangent elements batched into one call (auto)
+MAX_SEEDS_PER_CALL = 16
+
+
+def _seeds_per_call(seeds_per_call, prober: _Prober) -> int:
+    """How many seeds one jitted call pulls back (``None``: from a memory budget)."""
+    if seeds_per_call is None:
+        per_seed = prober.seed_cost * math.prod(prober.x.shape[1:])
+        return max(1, min(MAX_SEEDS_PER_CALL, SEED_ELEMENTS_PER_CALL // max(per_seed, 1)))
+    if not isinstance(seeds_per_call, numbers.Integral) or seeds_per_call < 1:
+        raise ValueError(
+            f"`seeds_per_call` (={seeds_per_call!r}) must be a positive int (or None for an "
+            "automatic choice): how many backward passes one batched call computes; lower it "
+            "if memory runs out."
+        )
+    return int(seeds_per_call)
+
+
+def _pull_back(prober: _Prober, seeds: Iterator[np.ndarray], per_call: int, done: list[int]):
+    """Masks of ``seeds`` in order, ``per_call`` seeds per jitted call, computed lazily.
+
+    A short last call is padded with zero seeds to a power of two (at most ``per_call``), so
+    few shapes are compiled. ``done[0]`` counts the seeds pulled back (padding excluded).
+    """
+    seeds = iter(seeds)
+    while chunk := list(itertools.islice(seeds, per_call)):
+        size = min(per_call, 1 << (len(chunk) - 1).bit_length())
+        stack = np.zeros((size, *prober.output_shape), np.float32)
+        stack[: len(chunk)] = chunk
+        masks = prober.masks(stack)
+        done[0] += len(chunk)
+        yield from masks[: len(chunk)]
+
+
+def _attribute(mask: np.ndarray, seeded, windows) -> np.ndarray | None:
+    """Boxes ``(*counts, ndim, 2)`` of the positions seeded in one pass (``-1``: empty).
+
+    ``seeded[a]`` are the seeded indices along axis ``a``; their windows are disjoint, so each
+    nonzero pixel of ``mask`` belongs to at most one seeded position: the one whose window holds
+    it on every axis. None when a pixel is in no seeded window (the attribution failed).
+    """
+    ndim = mask.ndim
+    hits = np.nonzero(mask)
+    counts = tuple(len(s) for s in seeded)
+    owners = []
+    for a in range(ndim):
+        own = np.full(mask.shape[a], -1)
+        lo, hi = windows[a]
+        for k, i in enumerate(seeded[a]):
+            own[lo[i] : hi[i] + 1] = k
+        owner = own[hits[a]]
+        if (owner < 0).any():
+            return None
+        owners.append(owner)
+    flat = np.ravel_multi_index(owners, counts) if hits[0].size else np.zeros(0, int)
+    boxes = np.full((math.prod(counts), ndim, 2), -1, int)
+    seen = np.bincount(flat, minlength=len(boxes)) > 0
+    for a in range(ndim):
+        lo = np.full(len(boxes), mask.shape[a], int)
+        hi = np.full(len(boxes), -1, int)
+        np.minimum.at(lo, flat, hits[a])
+        np.maximum.at(hi, flat, hits[a])
+        boxes[seen, a, 0], boxes[seen, a, 1] = lo[seen], hi[seen]
+    return boxes.reshape(*counts, ndim, 2)
+
+
 def support_map(
     fn: Callable,
     x,
@@ -710,6 +851,7 @@ def support_map(
     nonfinite: str = "raise",
     unknown: str = "raise",
     max_refinements: int = 4,
+    seeds_per_call: int | None = None,
 ) -> SupportMap:
     """The support of every output position at once, with few backward passes.
 
@@ -726,15 +868,25 @@ def support_map(
     this check; the margin (one effective stride plus one pixel, doubled at each refinement)
     is there for that, and misaligned networks are covered by probing the borders.
 
+    Speed: ``seeds_per_call`` passes are computed by one jitted call (the backward passes
+    batched with ``jax.vmap``, the forward pass shared), only bool masks come back to the host,
+    and the attribution is vectorised; the compiled programs are reused by later calls on the
+    same ``fn`` and input shape.
+
     Args:
         fn, x: as in :func:`actual_receptive_field` (``x`` the samples of a measured union).
         mode: ``"structural"`` (default) or ``"measured"``.
         channel, channel_weights, key, per_channel, spatial_axes, output_spatial_axes,
             nonfinite, unknown: as in :func:`actual_receptive_field`.
         max_refinements: margin doublings before falling back to one pass per position.
+        seeds_per_call: backward passes per batched call (default: up to 16, fewer when one
+            pass's input-sized cotangents, channel weightings x samples, are large); lower it
+            if memory runs out.
 
     Returns:
-        :class:`SupportMap`: ``.boxes``, ``.box(index)``, ``.mask(index)``, ``.passes``.
+        :class:`SupportMap`: ``.boxes``, ``.box(index)``, ``.mask(index)``, ``.passes`` (the
+        one-hot cotangent patterns pulled back; a refinement stops after the batched call that
+        found the failure).
 
     Example:
         >>> import jax, jax.numpy as jnp, jaxrf
@@ -757,6 +909,7 @@ def support_map(
         nonfinite=nonfinite,
         unknown=unknown,
     )
+    per_call = _seeds_per_call(seeds_per_call, prober)
     out_shape, in_shape = prober.output_shape, prober.input_shape
     ndim = len(out_shape)
     centre = center_index(out_shape)
@@ -766,48 +919,49 @@ def support_map(
             picks.add(tuple(i if c == a else centre[c] for c in range(ndim)))
     for corner in np.ndindex(*([2] * ndim)):
         picks.add(tuple((n - 1) * c for n, c in zip(out_shape, corner, strict=True)))
-    probes = {p: mask_box(prober(prober.one_hot(p))) for p in sorted(picks)}
-    passes = probe_passes = len(probes)
+    picks = sorted(picks)
+    done = [0]
+    masks = _pull_back(prober, (prober.one_hot(p) for p in picks), per_call, done)
+    probes = {p: mask_box(m) for p, m in zip(picks, masks, strict=True)}
+    probe_passes = done[0]
 
     for attempt in range(max_refinements + 1):
         windows, spacing = _axis_windows(probes, out_shape, in_shape, 2**attempt)
         if np.prod(spacing) >= np.prod(out_shape):
             break
         boxes = np.full((*out_shape, ndim, 2), -1, int)
+        residues = list(np.ndindex(*spacing))
+        seeded = {
+            r: [np.arange(s, n, m) for s, n, m in zip(r, out_shape, spacing, strict=True)]
+            for r in residues
+        }
+
+        def seeds(residues=residues, seeded=seeded):
+            for residue in residues:
+                seed = np.zeros(out_shape, np.float32)
+                seed[np.ix_(*seeded[residue])] = 1
+                yield seed
+
         pass_masks, ok = {}, True
-        for residue in np.ndindex(*spacing):
-            seeded = [
-                np.arange(r, n, m) for r, n, m in zip(residue, out_shape, spacing, strict=True)
-            ]
-            seed = np.zeros(out_shape, np.float32)
-            seed[np.ix_(*seeded)] = 1
-            mask = prober(seed)
-            passes += 1
-            owners = []
-            for a in range(ndim):
-                own = np.full(in_shape[a], -1)
-                lo, hi = windows[a]
-                for i in seeded[a]:
-                    own[lo[i] : hi[i] + 1] = i
-                owners.append(own)
-            hits = np.argwhere(mask)
-            if any((owners[a][hits[:, a]] < 0).any() for a in range(ndim)):
+        masks = _pull_back(prober, seeds(), per_call, done)
+        for residue, mask in zip(residues, masks, strict=True):
+            found = _attribute(mask, seeded[residue], windows)
+            if found is None:
                 ok = False
                 break
             pass_masks[residue] = mask
-            for pos in np.ndindex(*[len(s) for s in seeded]):
-                index = tuple(int(seeded[a][k]) for a, k in enumerate(pos))
-                window = tuple(
-                    slice(windows[a][0][i], windows[a][1][i] + 1) for a, i in enumerate(index)
-                )
-                b = mask_box(mask[window])
-                if b is not None:
-                    boxes[index] = [
-                        (lo + w.start, hi + w.start) for (lo, hi), w in zip(b, window, strict=True)
-                    ]
+            boxes[np.ix_(*seeded[residue])] = found
         if ok:
             return SupportMap(
-                boxes, passes, probe_passes, spacing, mode, in_shape, out_shape, pass_masks, windows
+                boxes,
+                done[0],
+                probe_passes,
+                spacing,
+                mode,
+                in_shape,
+                out_shape,
+                pass_masks,
+                windows,
             )
     # Fallback: one pass per position, exact by construction.
     full = tuple(
@@ -815,13 +969,13 @@ def support_map(
     )
     boxes = np.full((*out_shape, ndim, 2), -1, int)
     pass_masks = {}
-    for index in np.ndindex(*out_shape):
-        mask = prober(prober.one_hot(index))
-        passes += 1
+    positions = list(np.ndindex(*out_shape))
+    masks = _pull_back(prober, (prober.one_hot(i) for i in positions), per_call, done)
+    for index, mask in zip(positions, masks, strict=True):
         pass_masks[index] = mask
         b = mask_box(mask)
         if b is not None:
             boxes[index] = b
     return SupportMap(
-        boxes, passes, probe_passes, tuple(out_shape), mode, in_shape, out_shape, pass_masks, full
+        boxes, done[0], probe_passes, tuple(out_shape), mode, in_shape, out_shape, pass_masks, full
     )

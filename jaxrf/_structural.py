@@ -33,6 +33,7 @@ operation, so depth cannot underflow or overflow it. Containers (``jit``, ``cust
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 
 import jax
@@ -360,8 +361,45 @@ class _Rewriter:
         return outs
 
 
+_PER_OBJECT: dict[int, dict] = {}
+
+
+def per_object_cache(obj) -> dict:
+    """A dict of compiled programs that lives exactly as long as ``obj`` (keyed by identity).
+
+    Identity, not equality: two equal-looking networks with different weights never share an
+    entry. An object that cannot be weakly referenced (a builtin) gets a fresh, unshared dict.
+    """
+    key = id(obj)
+    entry = _PER_OBJECT.get(key)
+    if entry is not None and entry[0]() is obj:
+        return entry[1]
+    try:
+        ref = weakref.ref(obj)
+    except TypeError:
+        return {}
+    cache: dict = {}
+    _PER_OBJECT[key] = (ref, cache)
+    weakref.finalize(obj, _forget, key, ref)
+    return cache
+
+
+def _forget(key: int, ref) -> None:
+    entry = _PER_OBJECT.get(key)
+    if entry is not None and entry[0] is ref:
+        del _PER_OBJECT[key]
+
+
 def structural_pullback(fn: Callable, x, *, unknown: str = "raise") -> Callable:
     """The binarised structural pullback of ``fn`` at the shape of ``x``.
+
+    Building it (trace, eager plan of the constants, compilation of the replay) costs a
+    fraction of a second to seconds on a real network, so it is cached per function object
+    (identity, held weakly) and input shape, dtype and ``unknown``: probing the same ``fn``
+    again, at any output position, reuses the compiled program. As with ``jax.jit``, a
+    function whose closed-over weights are *replaced* between calls must be a new function
+    object (the structure depends on which constants are zero and which ``cond`` branch they
+    select).
 
     Args:
         fn: one array in, one array out.
@@ -380,7 +418,24 @@ def structural_pullback(fn: Callable, x, *, unknown: str = "raise") -> Callable:
         >>> pull = structural_pullback(fn, jnp.zeros((1, 6, 1)))
         >>> pull(jnp.zeros((1, 3, 1)).at[0, 1, 0].set(1.0))[0, :, 0]
         Array([0., 0., 1., 1., 0., 0.], dtype=float32)
+        >>> structural_pullback(fn, jnp.zeros((1, 6, 1))) is pull  # cached
+        True
     """
+    key = (
+        "structural_pullback",
+        tuple(np.shape(x)),
+        np.dtype(x.dtype),
+        bool(getattr(x, "weak_type", False)),
+        unknown,
+        bool(jax.config.jax_enable_x64),
+    )
+    cache = per_object_cache(fn)
+    if key not in cache:
+        cache[key] = _build_pullback(fn, x, unknown)
+    return cache[key]
+
+
+def _build_pullback(fn: Callable, x, unknown: str) -> Callable:
     closed = jax.make_jaxpr(fn)(x)
     if len(closed.jaxpr.outvars) != 1:
         raise TypeError(f"`fn` must return one array; it returned {len(closed.jaxpr.outvars)}.")

@@ -139,3 +139,16 @@ def test_measured_dead_relu_and_union_over_samples():
 def test_mode_error():
     with pytest.raises(ValueError, match=r"`mode` \(='exact'\) must be 'measured'"):
         jaxrf.actual_receptive_field(lambda x: x, jnp.zeros((1, 3, 1)), (0,), mode="exact")
+
+
+def test_actual_receptive_field_nonfinite_raises_with_count_and_position():
+    fn = jnp.sqrt  # d sqrt(x) / dx = inf at 0
+    x = jnp.ones((1, 5, 1)).at[0, 2, 0].set(0.0)
+    with pytest.raises(
+        jaxrf.NonFiniteGradientError,
+        match=r"1 of 5 values are NaN or inf .*sample 0, input position \(2,\)",
+    ):
+        jaxrf.actual_receptive_field(fn, x, (2,))
+    assert jaxrf.actual_receptive_field(fn, x, (2,), nonfinite="keep").box == ((2, 2),)
+    with pytest.raises(jaxrf.NonFiniteGradientError, match=r"input position \(2,\)"):
+        jaxrf.support_map(fn, x, mode="measured")

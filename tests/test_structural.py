@@ -250,3 +250,51 @@ def test_unsupported_primitive_is_named():
         fn, jnp.ones((1, 5, 1)), (1,), mode="structural", unknown="global"
     )
     assert got.box == ((0, 4),)
+
+
+def test_structural_probe_is_built_once_per_network(monkeypatch):
+    # Per-position probing reuses the compiled structural program: the surrogate is replayed
+    # (traced) once and the batched mask program traced once, whatever the positions asked.
+    from jaxrf import _probe, _structural
+
+    replays, mask_traces = [], []
+    replay, seed = _structural._Rewriter.replay, _probe.seed_from_spatial
+
+    def counting_replay(self, closed, xs):
+        replays.append(1)
+        return replay(self, closed, xs)
+
+    def counting_seed(*args):
+        mask_traces.append(1)
+        return seed(*args)
+
+    monkeypatch.setattr(_structural._Rewriter, "replay", counting_replay)
+    monkeypatch.setattr(_probe, "seed_from_spatial", counting_seed)
+    fn = lambda x: jax.nn.relu(conv(x, kernel(0, 3, 1)))  # noqa: E731 -- a fresh network
+    x = jnp.zeros((1, 12, 1))
+    assert jaxrf.actual_receptive_field(fn, x, (0,), mode="structural").box == ((0, 2),)
+    assert len(replays) == 1 and len(mask_traces) == 1
+    for i in range(1, 10):  # VALID 3-tap conv: output i reads inputs i..i+2
+        assert jaxrf.actual_receptive_field(fn, x, (i,), mode="structural").box == ((i, i + 2),)
+    assert len(replays) == 1 and len(mask_traces) == 1
+    # Another input shape is another program.
+    jaxrf.actual_receptive_field(fn, jnp.zeros((1, 13, 1)), (0,), mode="structural")
+    assert len(replays) == 2
+
+
+SEEDS_PER_CALL = [1, 3, None]
+
+
+@pytest.mark.parametrize("seeds_per_call", SEEDS_PER_CALL, ids=str)
+def test_seeds_per_call_does_not_change_the_answer(seeds_per_call):
+    # Batching several passes into one call (3: padded last call) gives the clipped region.
+    rf = analytic(LAYERS_B, (200,))  # 32 output positions
+    sm = jaxrf.support_map(net_b, jnp.zeros((1, 200, 1)), seeds_per_call=seeds_per_call)
+    for index in np.ndindex(*rf.output_shape):
+        assert sm.box(index) == rf.region(index, clip=True), index
+    assert sm.num_positions == 32 and sm.passes < sm.num_positions
+
+
+def test_seeds_per_call_error():
+    with pytest.raises(ValueError, match=r"`seeds_per_call` \(=0\) must be a positive int"):
+        jaxrf.support_map(net_b, jnp.zeros((1, 40, 1)), seeds_per_call=0)
