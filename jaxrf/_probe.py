@@ -789,14 +789,20 @@ def _seeds_per_call(seeds_per_call, prober: _Prober) -> int:
     return int(seeds_per_call)
 
 
-def _pull_back(prober: _Prober, seeds: Iterator[np.ndarray], per_call: int, done: list[int]):
+def _pull_back(
+    prober: _Prober, seeds: Iterator[np.ndarray], per_call: int, done: list[int], first: int = 0
+):
     """Masks of ``seeds`` in order, ``per_call`` seeds per jitted call, computed lazily.
 
-    A short last call is padded with zero seeds to a power of two (at most ``per_call``), so
-    few shapes are compiled. ``done[0]`` counts the seeds pulled back (padding excluded).
+    ``first`` > 0: the first call takes only that many seeds (a colouring that fails usually
+    fails at its first pass: no batch is wasted). A short call is padded with zero seeds to a
+    power of two (at most ``per_call``), so few shapes are compiled. ``done[0]`` counts the
+    seeds pulled back (padding excluded).
     """
     seeds = iter(seeds)
-    while chunk := list(itertools.islice(seeds, per_call)):
+    take = first or per_call
+    while chunk := list(itertools.islice(seeds, take)):
+        take = per_call
         size = min(per_call, 1 << (len(chunk) - 1).bit_length())
         stack = np.zeros((size, *prober.output_shape), np.float32)
         stack[: len(chunk)] = chunk
@@ -943,7 +949,7 @@ def support_map(
                 yield seed
 
         pass_masks, ok = {}, True
-        masks = _pull_back(prober, seeds(), per_call, done)
+        masks = _pull_back(prober, seeds(), per_call, done, first=1)
         for residue, mask in zip(residues, masks, strict=True):
             found = _attribute(mask, seeded[residue], windows)
             if found is None:
