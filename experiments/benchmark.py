@@ -232,6 +232,15 @@ def section_a(quick: bool):
         f"extrapolated from {subset} timed positions ({per_pass * 1e3:.2f} ms/pass)",
     )
     row("a", item, "wall, jaxrf.support_map (warm)", warm, "s", f"cold incl. compile {cold:.2f} s")
+    row(
+        "a",
+        item,
+        "wall per pass, jaxrf.support_map",
+        warm / sm.passes * 1e3,
+        "ms",
+        f"naive pass {per_pass * 1e3:.2f} ms (backward only: x is closed over, so XLA folds the "
+        "forward); jaxrf batches passes with vmap, one shared forward",
+    )
     row("a", item, "wall ratio naive/jaxrf", naive / warm, "x")
     row("a", item, "naive boxes equal jaxrf boxes", f"{agree}/{subset}")
 
