@@ -53,7 +53,7 @@ class Path:
     size: tuple[Fraction, ...]
     stride: tuple[Fraction, ...]
     padding: tuple[Fraction, ...]
-    name: str
+    name: str = field(compare=False)  # for messages; two paths are equal by their numbers
     is_global: bool = False
 
     @classmethod
