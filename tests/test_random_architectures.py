@@ -8,7 +8,8 @@ feature groups; max / average / sum / generic pooling with padding, base and win
 ``lax.pad`` with negative and interior padding; strided static slices; concatenation on
 channels and on a spatial axis; adds and products of two branches (the second branch padded or
 cropped at its ends so the shapes match); ReLU / tanh; multiplication by constants, zero
-included; and ``jax.image.resize``.
+included; and ``jax.image.resize`` (one axis per node: see
+``test_separable_resize_in_one_contraction`` in ``tests/test_regressions.py``).
 
 For every example and **every output position** ``i`` the analytic box
 ``jaxrf.receptive_field(fn, x).region(i, clip=True)`` (interval arithmetic on the jaxpr) must
@@ -191,7 +192,8 @@ def apply_node(node: Node, values: list, index: int):
     if node.op == "scale":
         return x * np.float32(p["c"])
     if node.op == "resize":
-        shape = (1, *p["shape"], x.shape[-1])
+        shape = list(x.shape)
+        shape[1 + p["axis"]] = p["size"]
         return jax.image.resize(x, shape, p["method"], antialias=p["antialias"])
     # Binary merges: the second branch is fitted to the first.
     y = xs[1]
@@ -272,7 +274,7 @@ def _node(draw, shapes, op):
             kernel=_per_axis(draw, ndim, st.integers(1, 4)),
             rhs_dilation=_per_axis(draw, ndim, small),
             groups=groups,
-            out=groups * draw(st.integers(1, MAX_CHANNELS // groups)),
+            out=groups * draw(st.integers(1, max(1, MAX_CHANNELS // groups))),
             zero=draw(st.booleans()) and draw(st.booleans()),
         )
         if op == "conv_transpose":  # lax.conv_transpose: lhs dilation, padding from a string
@@ -338,14 +340,15 @@ def _node(draw, shapes, op):
         return Node("act", (src,), dict(fn=draw(st.sampled_from(["relu", "tanh", "abs"]))))
     if op == "scale":
         return Node("scale", (src,), dict(c=draw(st.sampled_from([0.0, -1.0, 0.5, 3.0]))))
-    if op == "resize":
-        cap = MAX_MAP[ndim]
-        shape = tuple(draw(st.integers(1, min(cap, 2 * n + 1))) for n in size)
+    if op == "resize":  # one axis per node: see test_separable_resize_in_one_contraction
+        axis = draw(st.integers(0, ndim - 1))
+        n = draw(st.integers(1, min(MAX_MAP[ndim], 2 * size[axis] + 1)))
         return Node(
             "resize",
             (src,),
             dict(
-                shape=shape,
+                axis=axis,
+                size=n,
                 method=draw(st.sampled_from(["nearest", "linear", "cubic", "lanczos3"])),
                 antialias=draw(st.booleans()),
             ),

@@ -186,3 +186,38 @@ def test_global_mean_keepdims_then_pad():
     expected = [((0, 5),)] + [((i, i),) for i in range(1, 6)]
     assert measured_boxes(mean_keepdims_then_pad, X6) == expected
     assert analytic_boxes(mean_keepdims_then_pad, X6) == expected
+
+
+# ---------------------------------------------------------------------------------------
+# Open: a separable resize of two axes contracted in ONE dot_general.
+# ---------------------------------------------------------------------------------------
+
+
+def resize_one_pixel_to_2x2(x):
+    return jax.image.resize(x, (1, 2, 2, 3), "cubic", antialias=False)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="for tiny maps jax.image.resize's einsum contracts both spatial axes with one "
+    "outer-product constant (dot_general with two contracting spatial dims); the dot_general "
+    "rule treats that as a dense layer and drops both axis labels, so the output shape is "
+    "wrong ((1, 1) instead of (2, 2)): needs the rule to split a separable pattern per axis",
+)
+def test_separable_resize_in_one_contraction():
+    """A 1x1 map (3 channels) resized to 2x2 (cubic, no antialiasing).
+
+    Minimised from the hypothesis example ``Net(size=(1, 1), channels=3, nodes=(...,
+    Node('resize', (5,), dict(shape=(2, 2), method='cubic', antialias=False))))`` (output shape
+    mismatch). For tiny shapes jax's einsum first multiplies the two per-axis (1, 2) kernels
+    into one (1, 2, 1, 2) constant and contracts both spatial axes in one ``dot_general``.
+
+    Hand derivation: output ``i`` on each axis samples input coordinate ``(i + 1/2)/2 - 1/2``
+    = -1/4 or 1/4; the cubic kernel is nonzero at distance 1/4 from pixel 0, the only pixel.
+    So all four outputs read pixel ``(0, 0)``: output shape (2, 2), every box
+    ``((0, 0), (0, 0))``.
+    """
+    x = jnp.zeros((1, 1, 1, 3), jnp.float32)
+    expected = [((0, 0), (0, 0))] * 4
+    assert measured_boxes(resize_one_pixel_to_2x2, x) == expected
+    assert analytic_boxes(resize_one_pixel_to_2x2, x) == expected
