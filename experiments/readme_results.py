@@ -127,6 +127,34 @@ def _summaries() -> dict:
             "blur-regression task"
         )
 
+    def benchmark(rows):
+        def get(item, metric):
+            hits = [r for r in rows if r["item"].startswith(item) and r["metric"] == metric]
+            return _f(float(hits[0]["value"]), 3) if hits else "?"
+
+        return (
+            "all-positions support map: "
+            f"{get('luo_relu', 'pass ratio naive/jaxrf')}x fewer backward passes, "
+            f"{get('luo_relu', 'wall ratio naive/jaxrf')}x less wall time; ResNet-50 ERF at 224: "
+            f"jaxrf {get('jaxrf.effective_receptive_field b8', 'throughput')} images/s = "
+            f"{get('jaxrf.effective_receptive_field b8', 'ratio to torch loop')}x the PyTorch "
+            f"loop, {get('jaxrf.effective_receptive_field b8', 'FLOP/s / matmul FLOP/s')} of "
+            f"matmul FLOP/s; at 1024 with the RF-cone crop "
+            f"{get('ResNet-50 1024', 'ratio crop / torch loop')}x the PyTorch loop; walk "
+            f"{get('resnet_v1_152', 'walk per equation')} us per equation (ResNet-152). "
+            "See the table for the machine load and caveats."
+        )
+
+    def trace_timing(rows):
+        walks = sorted(float(r["walk_s"]) for r in rows)
+        traces = sorted(float(r["trace_s"]) for r in rows)
+        r = rows[0]
+        return (
+            f"{r['network']} at {r['input']}: {r['equations']} equations, median trace "
+            f"{_f(traces[len(traces) // 2])} s, median walk {_f(walks[len(walks) // 2])} s; "
+            f"RF {r['size']} / {r['stride']} / {r['padding']}"
+        )
+
     return {k: v for k, v in locals().items() if callable(v)}
 
 
