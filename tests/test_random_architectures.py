@@ -21,7 +21,8 @@ JAX's own transposes; no interval rule involved). The two sides share nothing bu
 The ground truth is one backward pass per output position; all positions are pulled back at
 once with ``jax.vmap`` over the one-hot seeds (one compilation per example). It is
 cross-checked against the public per-position :func:`jaxrf.actual_receptive_field`
-(``mode="structural"``) and against :func:`jaxrf.support_map` (Jacobian colouring).
+(``mode="structural"``). :func:`jaxrf.support_map` (Jacobian colouring) is not used: it can
+misattribute supports on irregular networks (see ``tests/test_regressions.py``).
 
 Float32 suffices for the structural side: the surrogate is binarised (``> 0 -> 1``) after every
 operation, so the cotangents are small non-negative integers, exact in float32.
@@ -463,9 +464,9 @@ def compare(net: Net, *, cross_check: bool = False, rules=None) -> None:
             mismatches.append((index, analytic, measured))
     assert not mismatches, f"{len(mismatches)} mismatches, first: {mismatches[:3]} in {net!r}"
     if cross_check:
-        sm = jaxrf.support_map(fn, x, mode="structural")
-        for index in np.ndindex(*out_spatial):
-            assert sm.box(index) == box_of(masks[index]), (index, net)
+        # support_map (Jacobian colouring) is NOT checked here: its colouring can misattribute
+        # a support that jumps into another position's window (test_support_map_pixel_copied_far
+        # in tests/test_regressions.py); per-position probing is the ground truth.
         corner = tuple(n - 1 for n in out_spatial)
         for index in {(0,) * net.ndim, corner}:
             arf = jaxrf.actual_receptive_field(fn, x, index, mode="structural")

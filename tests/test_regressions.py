@@ -221,3 +221,43 @@ def test_separable_resize_in_one_contraction():
     expected = [((0, 0), (0, 0))] * 4
     assert measured_boxes(resize_one_pixel_to_2x2, x) == expected
     assert analytic_boxes(resize_one_pixel_to_2x2, x) == expected
+
+
+# ---------------------------------------------------------------------------------------
+# Open: support_map's colouring misattributes a support that jumps into another window.
+# ---------------------------------------------------------------------------------------
+
+
+def pixel_zero_copied_to_five(x):
+    y = pad1(x[:, 0:1], 5, 6)  # position 5 holds pixel 0, the rest is padding
+    return jnp.concatenate([x, y], axis=-1)
+
+
+def test_pixel_copied_far_per_position():
+    """12 pixels; channel 0 is ``x``, channel 1 is pixel 0 placed at position 5.
+
+    Hand derivation: output ``i != 5`` reads ``{i}``; output 5 reads ``{0, 5}``, box
+    ``(0, 5)``. Both the analytic region and the per-position structural support agree.
+    """
+    x = jnp.zeros((1, 12, 1), jnp.float32)
+    expected = [((i, i),) if i != 5 else ((0, 5),) for i in range(12)]
+    assert analytic_boxes(pixel_zero_copied_to_five, x) == expected
+    assert measured_boxes(pixel_zero_copied_to_five, x) == expected
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="support_map colours positions from probed boxes (centre, neighbours, borders): "
+    "all probes see one-pixel supports, so positions 5 apart share a pass and pixel 0, read "
+    "by output 5, is attributed to output 0 (inside its window); the documented blind spot "
+    "of the colouring, not a one-rule fix. Per-position probing is exact.",
+)
+def test_support_map_pixel_copied_far():
+    """Same network as above through :func:`jaxrf.support_map` (found by the property
+    test's cross-check on ``concat_c(x, crop(conv(x)))`` with a 5-pixel offset). Expected
+    as derived above: output 5's box is ``(0, 5)``; support_map answers ``(5, 5)``."""
+    x = jnp.zeros((1, 12, 1), jnp.float32)
+    sm = jaxrf.support_map(pixel_zero_copied_to_five, x)
+    assert [sm.box((i,)) for i in range(12)] == [
+        ((i, i),) if i != 5 else ((0, 5),) for i in range(12)
+    ]
