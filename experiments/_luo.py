@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import math
 
+import _common
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import jaxrf
 import jaxrf.models
+import jaxrf.plot
 
 KERNEL = 3
 
@@ -86,3 +88,36 @@ def fit_slope(x, y) -> tuple[float, float]:
     """Least-squares slope and intercept of ``log y`` against ``log x``."""
     slope, intercept = np.polyfit(np.log(np.asarray(x, float)), np.log(np.asarray(y, float)), 1)
     return float(slope), float(intercept)
+
+
+def plot_grid(maps: dict, rows: list[dict], meta: dict, out, caption: str, annotate: bool) -> None:
+    """ERF heatmaps, one row per setting and one column per depth (Luo et al., Figs. 1-2).
+
+    ``annotate`` writes each map's ERF std and Luo size in its corner.
+    """
+    settings = list(dict.fromkeys(r["setting"] for r in rows))
+    depths = list(dict.fromkeys(int(r["depth"]) for r in rows))
+    fig = _common.figure(2.6 * len(depths), 2.5 * len(settings) + 0.4)
+    grid = fig.subplots(len(settings), len(depths), squeeze=False)
+    for i, label in enumerate(settings):
+        for j, depth in enumerate(depths):
+            m = maps[f"{label}|{depth}"]
+            ax = jaxrf.plot.erf_heatmap(grid[i, j], m / m.max(), colorbar=False, cmap="magma")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if annotate:
+                row = next(r for r in rows if r["setting"] == label and int(r["depth"]) == depth)
+                ax.text(
+                    0.03,
+                    0.03,
+                    f"std {float(row['erf_std']):.2f}, Luo {float(row['luo_size']):.1f}",
+                    transform=ax.transAxes,
+                    color="white",
+                    fontsize=7,
+                )
+            if i == 0:
+                ax.set_title(f"{depth} layers ({m.shape[0]}x{m.shape[0]} input)", fontsize=9)
+            if j == 0:
+                ax.set_ylabel(label, fontsize=10)
+    _common.footer(fig, meta, caption)
+    fig.savefig(out, dpi=130)

@@ -61,36 +61,11 @@ def compute(settings, depths, draws, inputs) -> tuple[list[dict], dict[str, np.n
 
 
 def plot(maps: dict, rows: list[dict], meta: dict, out) -> None:
-    settings = list(dict.fromkeys(r["setting"] for r in rows))
-    depths = list(dict.fromkeys(int(r["depth"]) for r in rows))
-    fig = _common.figure(2.6 * len(depths), 2.5 * len(settings) + 0.4)
-    grid = fig.subplots(len(settings), len(depths), squeeze=False)
-    for i, label in enumerate(settings):
-        for j, depth in enumerate(depths):
-            m = maps[f"{label}|{depth}"]
-            row = next(r for r in rows if r["setting"] == label and int(r["depth"]) == depth)
-            ax = jaxrf.plot.erf_heatmap(grid[i, j], m / m.max(), colorbar=False, cmap="magma")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.text(
-                0.03,
-                0.03,
-                f"std {float(row['erf_std']):.2f}, Luo {float(row['luo_size']):.1f}",
-                transform=ax.transAxes,
-                color="white",
-                fontsize=7,
-            )
-            if i == 0:
-                ax.set_title(f"{depth} layers ({m.shape[0]}x{m.shape[0]} input)", fontsize=9)
-            if j == 0:
-                ax.set_ylabel(label, fontsize=10)
-    _common.footer(
-        fig,
-        meta,
+    caption = (
         "mean |input gradient| of the centre output, normalised to its max; random He-normal "
-        "weights (never trained), standard-normal inputs",
+        "weights (never trained), standard-normal inputs"
     )
-    fig.savefig(out, dpi=130)
+    _luo.plot_grid(maps, rows, meta, out, caption, annotate=True)
 
 
 def main(argv=None) -> None:
