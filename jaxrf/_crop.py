@@ -48,7 +48,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
-from ._field import Index, ReceptiveField
+from ._field import Index, ReceptiveField, check_index
 
 
 @dataclass(frozen=True)
@@ -205,7 +205,7 @@ def crop_for_unit(rf: ReceptiveField, index: Sequence[int]) -> Crop:
         >>> crop.slices, crop.index
         ((slice(12, 23, None),), (1,))
     """
-    index = rf._check_index(index)
+    index = check_index(index, rf.output_shape)
     shape = rf.input_shape
     if rf.is_global:
         return Crop((0,) * rf.ndim, shape, index, index, shape, (1,) * rf.ndim)

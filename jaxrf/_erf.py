@@ -33,12 +33,12 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from . import _stats
+from ._field import check_index
 from ._probe import (
     Layout,
     NonFiniteGradientError,
     center_index,
     channel_weight_array,
-    check_index,
     check_reduce,
     input_gradient,
     make_layout,

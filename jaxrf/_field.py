@@ -16,6 +16,7 @@ Two complementary descriptions travel together through a network (a layer list o
 
 from __future__ import annotations
 
+import numbers
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -276,6 +277,33 @@ def merge_states(states: Sequence[FieldState], name: str) -> FieldState:
     return FieldState(states[0].shape, paths, terms)
 
 
+def check_index(index, spatial_shape: Sequence[int], argument: str = "index") -> tuple[int, ...]:
+    """An output position as a tuple of in-range ints, or a ValueError naming the rule."""
+    ndim = len(spatial_shape)
+    if isinstance(index, numbers.Integral):
+        index = (index,)
+    try:
+        index = tuple(index)
+    except TypeError:
+        raise TypeError(
+            f"`{argument}` (={index!r}) must be a tuple of {ndim} ints, one per spatial axis."
+        ) from None
+    if not all(isinstance(i, numbers.Integral) for i in index):
+        raise TypeError(f"`{argument}` (={index!r}) must hold ints, one per spatial axis.")
+    if len(index) != ndim:
+        raise ValueError(
+            f"`{argument}` (={index}) has {len(index)} entries but the output has {ndim} spatial "
+            f"axes (spatial shape {tuple(spatial_shape)}); give one index per axis."
+        )
+    for a, (i, n) in enumerate(zip(index, spatial_shape, strict=True)):
+        if not 0 <= i < n:
+            raise ValueError(
+                f"`{argument}` (={index}) is outside the output: axis {a} has {n} positions, so "
+                f"0 <= index[{a}] <= {n - 1} (negative indices are not wrapped)."
+            )
+    return tuple(int(i) for i in index)
+
+
 # ---------------------------------------------------------------------------------------
 # The public result.
 # ---------------------------------------------------------------------------------------
@@ -371,27 +399,7 @@ class ReceptiveField:
     # -- index handling --------------------------------------------------------------
 
     def _check_index(self, index: Sequence[int], argument: str = "index") -> Index:
-        if isinstance(index, int):
-            index = (index,)
-        try:
-            index = tuple(int(i) for i in index)
-        except TypeError:
-            raise TypeError(
-                f"`{argument}` (={index!r}) must be a tuple of {self.ndim} ints, one per spatial "
-                "axis; e.g. (0, 0)."
-            ) from None
-        if len(index) != self.ndim:
-            raise ValueError(
-                f"`{argument}` (={index}) has {len(index)} entries but the output has "
-                f"{self.ndim} spatial axes (shape {self.output_shape}); give one index per axis."
-            )
-        for a, (i, n) in enumerate(zip(index, self.output_shape, strict=True)):
-            if not 0 <= i < n:
-                raise ValueError(
-                    f"`{argument}` (={index}) is outside the output: axis {a} has {n} positions, "
-                    f"so the index must satisfy 0 <= index[{a}] <= {n - 1}."
-                )
-        return index
+        return check_index(index, self.output_shape, argument)
 
     # -- regions ---------------------------------------------------------------------
 

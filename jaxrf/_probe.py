@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._field import check_index
+
 REDUCTIONS = ("abs", "signed", "positive", "squared")
 Box = tuple[tuple[int, int], ...]
 
@@ -111,33 +113,6 @@ def check_reduce(reduce: str) -> str:
             "(sum of |g|, sum of g, sum of max(g, 0), sum of g**2)."
         )
     return reduce
-
-
-def check_index(index, spatial_shape: Sequence[int], argument: str = "index") -> tuple[int, ...]:
-    """An output position as a tuple of in-range ints, or a ValueError naming the rule."""
-    ndim = len(spatial_shape)
-    if isinstance(index, numbers.Integral):
-        index = (index,)
-    try:
-        index = tuple(index)
-    except TypeError:
-        raise TypeError(
-            f"`{argument}` (={index!r}) must be a tuple of {ndim} ints, one per spatial axis."
-        ) from None
-    if not all(isinstance(i, numbers.Integral) for i in index):
-        raise TypeError(f"`{argument}` (={index!r}) must hold ints, one per spatial axis.")
-    if len(index) != ndim:
-        raise ValueError(
-            f"`{argument}` (={index}) has {len(index)} entries but the output has {ndim} spatial "
-            f"axes (spatial shape {tuple(spatial_shape)}); give one index per axis."
-        )
-    for a, (i, n) in enumerate(zip(index, spatial_shape, strict=True)):
-        if not 0 <= i < n:
-            raise ValueError(
-                f"`{argument}` (={index}) is outside the output: axis {a} has {n} positions, so "
-                f"0 <= index[{a}] <= {n - 1} (negative indices are not wrapped)."
-            )
-    return tuple(int(i) for i in index)
 
 
 def center_index(spatial_shape: Sequence[int]) -> tuple[int, ...]:
