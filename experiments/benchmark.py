@@ -15,7 +15,9 @@ b. ERF throughput, RepLKNet protocol (ReLU on the centre output values, summed o
    ``jax.jit(jax.vmap(vjp))`` vs a PyTorch autograd loop (one image per step,
    ``torch.autograd.grad`` w.r.t. the input) on the identical network (same weights, checked),
    plus FLOP/s from XLA's cost analysis as a fraction of a 2048x2048 float32 matmul; and the
-   variants tried to make it faster (batch size, NCHW, BN folding, ``lax.map``, float64).
+   variants tried to make it faster (batch size, NCHW, BN folding, ``lax.map``, float64, and
+   jaxrf's ``lowering=`` options: ``"auto"`` = ``"matmul"`` on CPU, ``"none"``, ``"patches"``).
+   Where the time goes inside the step: experiments/profile_erf.py.
 c. ResNet-50 at 1024 (RepLKNet's setting): the RF-cone crop (``jaxrf.crop_for_unit``) vs the
    PyTorch full-image loop; the crop's gradient is checked against JAX's full-image gradient.
 d. Analytic: tracing + walking ResNet-152 and Inception v3; walk time vs number of jaxpr
@@ -49,6 +51,7 @@ import _common  # noqa: E402
 
 import jaxrf  # noqa: E402
 import jaxrf.models  # noqa: E402
+from jaxrf._lowering import lower_convs  # noqa: E402
 
 ROWS: list[dict] = []
 
@@ -128,49 +131,6 @@ def cost_flops(jitted, *args) -> float:
     if isinstance(cost, list | tuple):
         cost = cost[0]
     return float(cost.get("flops", float("nan")))
-
-
-class _CachedEvalShape:
-    """``jax`` as seen by ``jaxrf._erf``, with ``eval_shape`` of the network cached by jit.
-
-    The proposed fix measured side by side (see the report): ``effective_receptive_field``
-    re-traces the network in Python on every call (``jax.eval_shape`` in ``_setup``) to learn
-    the output shape; ``jax.jit(apply, static_argnums=0).eval_shape`` traces it once.
-    """
-
-    def __init__(self, erf_module):
-        self._jax = jax
-        self._module = erf_module
-
-        @functools.partial(jax.jit, static_argnums=0)
-        def apply_jit(apply, params, x):
-            return apply(params, x)
-
-        self._apply_jit = apply_jit
-
-    def __getattr__(self, name):
-        return getattr(self._jax, name)
-
-    def eval_shape(self, f, *args):
-        if (
-            isinstance(f, functools.partial)
-            and isinstance(f.func, self._module._Apply)
-            and len(f.args) == 1
-            and not f.keywords
-        ):
-            return self._apply_jit.eval_shape(f.func, f.args[0], *args)
-        return self._jax.eval_shape(f, *args)
-
-
-class cached_eval_shape:  # noqa: N801 (a context manager, used like a function)
-    def __enter__(self):
-        from jaxrf import _erf
-
-        self._erf, self._saved = _erf, _erf.jax
-        _erf.jax = _CachedEvalShape(_erf)
-
-    def __exit__(self, *exc):
-        self._erf.jax = self._saved
 
 
 # ---------------------------------------------------------------------------------------
@@ -456,33 +416,30 @@ def section_b(quick: bool):
 
     fn_relu = lambda x: jax.nn.relu(net(x))  # noqa: E731
     n_jaxrf = 16 if not quick else 8
+    xj = jnp.concatenate([xs, xs])[:n_jaxrf]
+    lowerings = {
+        "jaxrf.effective_receptive_field b8": "auto",  # the default: 'matmul' on CPU
+        "jaxrf ERF b8, lowering='none'": "none",
+        "jaxrf ERF b8, lowering='patches'": "patches",
+    }
 
-    def run_jaxrf():
+    def run_jaxrf(lowering):
         return jaxrf.effective_receptive_field(
-            fn_relu,
-            jnp.concatenate([xs, xs])[:n_jaxrf],
-            batch_size=8,
-            reduce="positive",
-            progress=False,
+            fn_relu, xj, batch_size=8, reduce="positive", progress=False, lowering=lowering
         ).map
 
-    def run_jaxrf_cached():
-        with cached_eval_shape():
-            return run_jaxrf()
-
-    jmap = run_jaxrf()  # compile
-    run_jaxrf_cached()
+    jmaps = {k: run_jaxrf(low) for k, low in lowerings.items()}  # compile
     tmap = torch_erf_loop(tmodel, xt).numpy()
     err = np.abs(tmap - ref).max() / np.abs(ref).max()
     row("b", "torch vs jax ERF map (8 images)", "max rel. difference", err)
-    err = np.abs(
-        jmap * n_jaxrf - np.asarray(base["vmap b8"](jnp.concatenate([xs, xs])[:n_jaxrf]))
-    ).max()
-    row("b", "jaxrf vs plain ERF map", "max abs. difference", err / np.abs(ref).max())
+    plain16 = np.asarray(base["vmap b8"](xj))
+    for k, jmap in jmaps.items():
+        err = np.abs(jmap * n_jaxrf - plain16).max() / np.abs(plain16).max()
+        row("b", f"{k} vs plain ERF map", "max rel. difference", err)
 
     timed = {k: functools.partial(f, inputs[k]) for k, f in base.items()}
-    timed["jaxrf.effective_receptive_field b8"] = run_jaxrf
-    timed["jaxrf ERF b8, eval_shape cached (proposed)"] = run_jaxrf_cached
+    for k, low in lowerings.items():
+        timed[k] = functools.partial(run_jaxrf, low)
     n_torch = 2 if quick else 8
     timed["torch loop b1"] = lambda: torch_erf_loop(tmodel, xt[:n_torch])
     timed["matmul 2048"] = None
@@ -494,7 +451,7 @@ def section_b(quick: bool):
     timed["matmul 2048"] = matmul
     sec = interleaved(timed, rounds)
     per_image = {k: v / inputs[k].shape[0] for k, v in sec.items() if k in inputs}
-    for k in ("jaxrf.effective_receptive_field b8", "jaxrf ERF b8, eval_shape cached (proposed)"):
+    for k in lowerings:
         per_image[k] = sec[k] / n_jaxrf
     per_image["torch loop b1"] = sec["torch loop b1"] / n_torch
     peak = statistics.median(mm)
@@ -507,13 +464,19 @@ def section_b(quick: bool):
     torch_ips = 1 / per_image["torch loop b1"]
     item = f"ResNet-50 torchvision layout, {n}x{n}" + (" (quick: tiny)" if quick else "")
     row("b", item, "matmul 2048 float32", peak / 1e9, "GFLOP/s")
+    lowered = lower_convs(net, "matmul")
+    flops_lowered = (
+        cost_flops(jax.jit(lambda xb: jax.vmap(functools.partial(erf_one, lowered))(xb).sum(0)), xs)
+        / batch
+    )
     row(
         "b",
         item,
         "XLA cost analysis, ERF step",
         flops / 1e9,
         "GFLOP/image",
-        f"forward alone {fwd_flops / 1e9:.2f}",
+        f"forward alone {fwd_flops / 1e9:.2f}; with lowering='matmul' {flops_lowered / 1e9:.2f} "
+        "(the same work); every FLOP/s ratio below counts the plain step's FLOPs",
     )
     for k, t in per_image.items():
         ips = 1 / t
@@ -584,12 +547,7 @@ def section_c(quick: bool):
         )
         return crop.paste(erf.map[None, :, :, None])[0, :, :, 0]
 
-    def run_crop_cached():
-        with cached_eval_shape():
-            return run_crop()
-
     cmap = run_crop()
-    run_crop_cached()
     # Exactness at this size (float32: up to rounding): JAX's full-image map of one image.
     full1 = jax.jit(lambda xb: erf_one(net, xb[0]))
     t = time.perf_counter()
@@ -621,7 +579,6 @@ def section_c(quick: bool):
     sec = interleaved(
         {
             "crop": run_crop,
-            "crop cached": run_crop_cached,
             "torch": lambda: torch_erf_loop(tmodel, xt[:n_torch]),
         },
         1 if quick else 2,
@@ -645,16 +602,6 @@ def section_c(quick: bool):
         f"compile+run {t_full_cold:.1f} s",
     )
     row("c", item, "ratio crop / torch loop", crop_ips / torch_ips, "x", "target >= 3")
-    cached_ips = batch / sec["crop cached"]
-    row("c", item, "throughput, crop, eval_shape cached (proposed)", cached_ips, "images/s")
-    row(
-        "c",
-        item,
-        "ratio crop (eval_shape cached) / torch loop",
-        cached_ips / torch_ips,
-        "x",
-        "target >= 3",
-    )
     row("c", item, "ratio crop / JAX full image", crop_ips * t_full, "x")
 
 

@@ -52,6 +52,35 @@ def test_quick_crop_section(tmp_path):
     assert float(rows[("c", "ratio crop / torch loop")]["value"]) > 0
 
 
+def test_profile_erf_quick(tmp_path):
+    """The profile's FLOPs, read from the HLO text, are the same work under both lowerings and
+    agree with XLA's own cost analysis (which also counts the elementwise operations)."""
+    subprocess.run(
+        [sys.executable, str(ROOT / "experiments" / "profile_erf.py"), "--quick"]
+        + ["--out-dir", str(tmp_path)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    rows = _rows(tmp_path / "profile_erf_quick.csv")
+    assert {r["lowering"] for r in rows} == {"none", "matmul"}
+    text = (tmp_path / "profile_erf_quick.csv").read_text()
+    summary = {}
+    for line in text.splitlines():
+        if line.startswith("# note") and "summary lowering=" in line:
+            fields = dict(kv.split("=", 1) for kv in line.split("summary ", 1)[1].split(", "))
+            summary[fields["lowering"]] = fields
+    parsed = {k: float(v["matmul_gflop_per_image"]) for k, v in summary.items()}
+    xla = {k: float(v["xla_cost_gflop_per_image"]) for k, v in summary.items()}
+    assert parsed["none"] > 0
+    assert abs(parsed["matmul"] - parsed["none"]) <= 0.03 * parsed["none"]
+    # lhs-dilated convolutions are charged out * window * in-channels / dilation, which counts
+    # a few border taps XLA's exact count leaves out; XLA's total adds the elementwise FLOPs.
+    for k in parsed:
+        assert 0.8 * xla[k] <= parsed[k] <= 1.05 * xla[k], (k, parsed[k], xla[k])
+    assert (tmp_path / "profile_erf_quick.md").read_text().count("## lowering=") == 2
+
+
 @pytest.mark.slow
 def test_quick_all_sections(tmp_path):
     pytest.importorskip("torch")

@@ -1,0 +1,277 @@
+"""Where the time of an ERF step goes on XLA:CPU: a per-operation profile (issue 7, target 2b).
+
+The step ``jaxrf.effective_receptive_field`` compiles for a torchvision-layout ResNet-50 at 224
+(random weights, random normal images; RepLKNet protocol: ReLU on the centre outputs, channels
+summed, positive part of the input gradient), i.e. ``jit(vmap(vjp))`` of the network as
+``jaxrf._lowering.lower_convs`` rewrites it, is run under ``jax.profiler.trace`` for each
+``lowering`` ('none' and 'matmul'). Every executed HLO instruction's time (``jax.profiler.
+ProfileData`` events named after the instruction) is matched with its FLOPs read from the
+compiled HLO text (dots and convolutions; an lhs-dilated convolution is charged its useful
+FLOPs, the inserted zeros excluded) and grouped: matrix products by shape, convolutions by
+window, everything else by XLA's fusion kind. Each group's FLOP/s is given as a fraction of a
+2048x2048 float32 matmul timed in the same run, so the table says which operations keep the
+step from the machine's matmul throughput.
+
+Writes ``results/profile_erf.csv`` and ``results/profile_erf.md``. ``--quick``: a 1-1-1-1
+block ResNet at 64x64 (the smoke test).
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
+from benchmark import block, erf_one, matmul_flops, once, resnet_setup  # noqa: E402
+
+from jaxrf._lowering import lower_convs  # noqa: E402
+
+_INSTR = re.compile(r"^\s*(?:ROOT )?%([\w.-]+) = (\S+) ([\w-]+)\((.*?)\)(.*)$")
+_SHAPE = re.compile(r"^\w+\[([\d,]*)\]")
+
+
+def _dims(shape: str) -> list[int]:
+    m = _SHAPE.match(shape)
+    return [int(v) for v in m.group(1).split(",") if v] if m else []
+
+
+def _prod(values) -> int:
+    out = 1
+    for v in values:
+        out *= v
+    return out
+
+
+def parse_hlo(text: str):
+    """Computations of an HLO module: name -> (shapes by value name, instruction tuples)."""
+    comps, name, entry = {}, None, None
+    for line in text.splitlines():
+        head = re.match(r"^(ENTRY )?%([\w.-]+) \((.*)\) -> .*\{$", line)
+        if head:
+            name = head.group(2)
+            entry = name if head.group(1) else entry
+            params = dict(re.findall(r"([\w.-]+): (\w+\[[\d,]*\])", head.group(3)))
+            comps[name] = ({k: _dims(v) for k, v in params.items()}, [])
+            continue
+        if name is None:
+            continue
+        m = _INSTR.match(line)
+        if m:
+            comps[name][0][m.group(1)] = _dims(m.group(2))
+            comps[name][1].append(m.groups())
+    return comps, entry
+
+
+def _matmul_work(comps, comp: str, instr) -> tuple[str, int] | None:
+    """(group label, FLOPs) of a dot / convolution instruction, else None."""
+    shapes = comps[comp][0]
+    name, shape, opcode, operands, attrs = instr
+    args = re.findall(r"%([\w.-]+)", operands)
+    out = _dims(shape)
+    if opcode == "dot":
+        lhs, rhs = shapes.get(args[0], []), shapes.get(args[1], [])
+        contract = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", attrs)
+        k = _prod(lhs[int(d)] for d in contract.group(1).split(",")) if contract else 1
+        label = f"dot [{_prod(out) // max(1, out[-1] if out else 1)} x {k}] x [{k} x {out[-1]}]"
+        return label, 2 * _prod(out) * k
+    if opcode == "convolution":
+        lhs, rhs = shapes.get(args[0], []), shapes.get(args[1], [])
+        window = re.search(r"window=\{([^}]*)\}", attrs).group(1)
+        labels = re.search(r"dim_labels=(\w+)_(\w+)->(\w+)", attrs)
+        o_axis = labels.group(2).index("o")
+        per_out = _prod(rhs) // rhs[o_axis]
+        flops = 2 * _prod(out) * per_out
+        dil = re.search(r"lhs_dilate=([\dx]+)", window)
+        if dil:
+            flops //= _prod(int(v) for v in dil.group(1).split("x"))
+        size = re.search(r"size=([\dx]+)", window).group(1)
+        stride = re.search(r"stride=([\dx]+)", window)
+        kind = "lhs-dilated " if dil else ""
+        in_c = lhs[labels.group(1).index("f")] if lhs else "?"
+        spatial = "x".join(str(out[i]) for i, c in enumerate(labels.group(3)) if c.isdigit())
+        label = (
+            f"{kind}conv {size}"
+            + (f" stride {stride.group(1)}" if stride else "")
+            + f", {in_c}->{out[labels.group(3).index('f')]} ch, out {spatial}"
+        )
+        return label, flops
+    return None
+
+
+def classify(comps, entry):
+    """Entry instruction name -> (group, direction, FLOPs)."""
+    out = {}
+    for instr in comps[entry][1]:
+        name, _, opcode, _, attrs = instr
+        if opcode in ("parameter", "constant", "get-tuple-element", "tuple", "bitcast"):
+            continue
+        op_name = re.search(r'op_name="([^"]*)"', attrs)
+        direction = "bwd" if op_name and "transpose(" in op_name.group(1) else "fwd"
+        work = _matmul_work(comps, entry, instr)
+        if work is None and opcode == "fusion":
+            called = re.search(r"calls=%([\w.-]+)", attrs).group(1)
+            works = [w for i in comps[called][1] if (w := _matmul_work(comps, called, i))]
+            if works:
+                work = ("; ".join(w[0] for w in works), sum(w[1] for w in works))
+        if work is None:
+            group = re.sub(r"\.\d+$", "", name)
+            out[name] = (f"other: {group}", "", 0)
+        else:
+            out[name] = (work[0], direction, work[1])
+    return out
+
+
+def event_times(trace_dir: Path, names) -> dict[str, float]:
+    """Total seconds per instruction name over every profiled event."""
+    files = sorted(trace_dir.rglob("*.xplane.pb"))
+    data = jax.profiler.ProfileData.from_file(str(files[-1]))
+    total = collections.Counter()
+    for plane in data.planes:
+        for line in plane.lines:
+            for ev in line.events:
+                if ev.name in names:
+                    total[ev.name] += ev.duration_ns * 1e-9
+    return total
+
+
+def profile(net, xs, lowering: str, runs: int, peak: float):
+    batch = xs.shape[0]
+    lowered = lower_convs(net, lowering)
+    step = jax.jit(lambda xb: jax.vmap(functools.partial(erf_one, lowered))(xb).sum(0))
+    compiled = step.lower(xs).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list | tuple) else cost
+    comps, entry = parse_hlo(compiled.as_text())
+    groups = classify(comps, entry)
+    block(step(xs))
+    wall = min(once(lambda: step(xs)) for _ in range(runs)) / batch
+    with tempfile.TemporaryDirectory() as tmp:
+        with jax.profiler.trace(tmp):
+            for _ in range(runs):
+                block(step(xs))
+        times = event_times(Path(tmp), set(groups))
+    agg = collections.defaultdict(lambda: [0, 0.0, 0])
+    for name, (group, direction, flops) in groups.items():
+        entry_ = agg[(group, direction)]
+        entry_[0] += 1
+        entry_[1] += times.get(name, 0.0) / (runs * batch)
+        entry_[2] += flops / batch
+    rows = []
+    for (group, direction), (count, sec, flops) in agg.items():
+        rows.append(
+            dict(
+                lowering=lowering,
+                group=group,
+                direction=direction,
+                instructions=count,
+                ms_per_image=sec * 1e3,
+                gflop_per_image=flops / 1e9,
+                fraction_of_matmul=(flops / sec / peak) if flops and sec else "",
+            )
+        )
+    rows.sort(key=lambda r: -r["ms_per_image"])
+    profiled = sum(r["ms_per_image"] for r in rows)
+    mat = [r for r in rows if r["gflop_per_image"]]
+    mat_ms = sum(r["ms_per_image"] for r in mat)
+    mat_gf = sum(r["gflop_per_image"] for r in mat)
+    summary = dict(
+        lowering=lowering,
+        wall_ms_per_image=wall * 1e3,
+        profiled_ms_per_image=profiled,
+        matmul_ms_per_image=mat_ms,
+        matmul_gflop_per_image=mat_gf,
+        xla_cost_gflop_per_image=float(cost.get("flops", float("nan"))) / batch / 1e9,
+        matmul_fraction_of_peak=mat_gf / (mat_ms / 1e3) / (peak / 1e9) if mat_ms else float("nan"),
+        other_ms_per_image=profiled - mat_ms,
+    )
+    return rows, summary
+
+
+def main(argv=None) -> None:
+    args = _common.parse_args(__doc__, argv)
+    quick = args.quick
+    net, _, _ = resnet_setup(quick)
+    n = 64 if quick else 224
+    xs = jax.random.normal(jax.random.key(2), (8, n, n, 3), jnp.float32)
+    runs = 1 if quick else 3
+    peak = matmul_flops(rounds=5)
+    t0 = time.perf_counter()
+    all_rows, summaries = [], []
+    for lowering in ("none", "matmul"):
+        rows, summary = profile(net, xs, lowering, runs, peak)
+        all_rows += rows
+        summaries.append(summary)
+    peak_after = matmul_flops(rounds=5)
+    stem = "profile_erf" + ("_quick" if quick else "")
+    provenance = {
+        "what": "per-operation profile of the ERF step (jit(vmap(vjp))) on XLA:CPU",
+        "network": f"torchvision-layout ResNet-50 at {n}x{n}"
+        + (" (quick: 1-1-1-1 blocks, width 1/8)" if quick else "")
+        + ", random weights, random normal images, batch 8",
+        "matmul": f"2048x2048 float32: {peak / 1e9:.1f} GFLOP/s before, "
+        f"{peak_after / 1e9:.1f} after (fractions use the first)",
+        "runs": f"{runs} profiled steps per lowering; wall time = best unprofiled step",
+        "seconds": f"{time.perf_counter() - t0:.0f}",
+    }
+    _common.write_csv(
+        args.out_dir / f"{stem}.csv",
+        all_rows,
+        __file__,
+        "no paper figure: issue 7's question of what bounds the ERF step on this CPU",
+        [f"{k}: {v}" for k, v in provenance.items()]
+        + [
+            "summary "
+            + ", ".join(
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in s.items()
+            )
+            for s in summaries
+        ],
+    )
+    lines = [
+        "# ERF step profile on XLA:CPU (issue 7, target 2b)",
+        "",
+        *(f"- {k}: {v}" for k, v in provenance.items()),
+        "",
+        "| lowering | wall ms/image | profiled ms/image | dot+conv ms | dot+conv GFLOP "
+        "(XLA cost analysis, all ops) | dot+conv fraction of matmul | other ms |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for s in summaries:
+        lines.append(
+            f"| {s['lowering']} | {s['wall_ms_per_image']:.1f} | "
+            f"{s['profiled_ms_per_image']:.1f} | {s['matmul_ms_per_image']:.1f} | "
+            f"{s['matmul_gflop_per_image']:.2f} ({s['xla_cost_gflop_per_image']:.2f}) | "
+            f"{s['matmul_fraction_of_peak']:.2f} | "
+            f"{s['other_ms_per_image']:.1f} |"
+        )
+    for lowering in ("none", "matmul"):
+        lines += [
+            "",
+            f"## lowering='{lowering}': operations by time (top 25)",
+            "",
+            "| group | dir | n | ms/image | GFLOP/image | fraction of matmul |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in [r for r in all_rows if r["lowering"] == lowering][:25]:
+            frac = r["fraction_of_matmul"]
+            lines.append(
+                f"| {r['group']} | {r['direction']} | {r['instructions']} | "
+                f"{r['ms_per_image']:.2f} | {r['gflop_per_image']:.2f} | "
+                f"{f'{frac:.2f}' if frac != '' else ''} |"
+            )
+    (args.out_dir / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines[: lines.index("") + 5 + len(summaries) + len(provenance)]))
+    print(f"wrote {args.out_dir / stem}.csv and .md")
+
+
+if __name__ == "__main__":
+    main()
