@@ -476,7 +476,8 @@ def section_b(quick: bool):
         flops / 1e9,
         "GFLOP/image",
         f"forward alone {fwd_flops / 1e9:.2f}; with lowering='matmul' {flops_lowered / 1e9:.2f} "
-        "(the same work); every FLOP/s ratio below counts the plain step's FLOPs",
+        "(the same products, plus the zero taps of the stem's phase-decomposed gradient); every "
+        "FLOP/s ratio below counts the plain step's FLOPs",
     )
     for k, t in per_image.items():
         ips = 1 / t

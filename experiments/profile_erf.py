@@ -31,7 +31,7 @@ import jax.numpy as jnp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
-from benchmark import block, erf_one, matmul_flops, once, resnet_setup  # noqa: E402
+from benchmark import block, erf_one, machine, matmul_flops, once, resnet_setup  # noqa: E402
 
 from jaxrf._lowering import lower_convs  # noqa: E402
 
@@ -199,6 +199,7 @@ def profile(net, xs, lowering: str, runs: int, peak: float):
 def main(argv=None) -> None:
     args = _common.parse_args(__doc__, argv)
     quick = args.quick
+    host = machine()
     net, _, _ = resnet_setup(quick)
     n = 64 if quick else 224
     xs = jax.random.normal(jax.random.key(2), (8, n, n, 3), jnp.float32)
@@ -206,7 +207,7 @@ def main(argv=None) -> None:
     peak = matmul_flops(rounds=5)
     t0 = time.perf_counter()
     all_rows, summaries = [], []
-    for lowering in ("none", "matmul"):
+    for lowering in ("none", "matmul", "patches"):
         rows, summary = profile(net, xs, lowering, runs, peak)
         all_rows += rows
         summaries.append(summary)
@@ -221,6 +222,9 @@ def main(argv=None) -> None:
         f"{peak_after / 1e9:.1f} after (fractions use the first)",
         "runs": f"{runs} profiled steps per lowering; wall time = best unprofiled step",
         "seconds": f"{time.perf_counter() - t0:.0f}",
+        "cpu": host["cpu"],
+        "cores": host["cores"],
+        "load_before": host["load_before"],
     }
     _common.write_csv(
         args.out_dir / f"{stem}.csv",
@@ -253,7 +257,7 @@ def main(argv=None) -> None:
             f"{s['matmul_fraction_of_peak']:.2f} | "
             f"{s['other_ms_per_image']:.1f} |"
         )
-    for lowering in ("none", "matmul"):
+    for lowering in ("none", "matmul", "patches"):
         lines += [
             "",
             f"## lowering='{lowering}': operations by time (top 25)",

@@ -53,8 +53,8 @@ def test_quick_crop_section(tmp_path):
 
 
 def test_profile_erf_quick(tmp_path):
-    """The profile's FLOPs, read from the HLO text, are the same work under both lowerings and
-    agree with XLA's own cost analysis (which also counts the elementwise operations)."""
+    """The profile's FLOPs, read from the HLO text, are the same work under 'none' and 'matmul'
+    and agree with XLA's own cost analysis (which also counts the elementwise operations)."""
     subprocess.run(
         [sys.executable, str(ROOT / "experiments" / "profile_erf.py"), "--quick"]
         + ["--out-dir", str(tmp_path)],
@@ -63,7 +63,7 @@ def test_profile_erf_quick(tmp_path):
         text=True,
     )
     rows = _rows(tmp_path / "profile_erf_quick.csv")
-    assert {r["lowering"] for r in rows} == {"none", "matmul"}
+    assert {r["lowering"] for r in rows} == {"none", "matmul", "patches"}
     text = (tmp_path / "profile_erf_quick.csv").read_text()
     summary = {}
     for line in text.splitlines():
@@ -73,12 +73,15 @@ def test_profile_erf_quick(tmp_path):
     parsed = {k: float(v["matmul_gflop_per_image"]) for k, v in summary.items()}
     xla = {k: float(v["xla_cost_gflop_per_image"]) for k, v in summary.items()}
     assert parsed["none"] > 0
-    assert abs(parsed["matmul"] - parsed["none"]) <= 0.03 * parsed["none"]
+    # 'matmul' does the same work but for the stem's phase-decomposed input gradient (4 phases
+    # x 4x4 taps for a 7x7 stride-2 kernel: 64 products where 49 are useful; +0.4% of the full
+    # ResNet-50, +6% of the quick one); 'patches' decomposes every strided convolution so.
+    assert parsed["none"] <= parsed["matmul"] <= 1.1 * parsed["none"]
     # lhs-dilated convolutions are charged out * window * in-channels / dilation, which counts
     # a few border taps XLA's exact count leaves out; XLA's total adds the elementwise FLOPs.
     for k in parsed:
         assert 0.8 * xla[k] <= parsed[k] <= 1.05 * xla[k], (k, parsed[k], xla[k])
-    assert (tmp_path / "profile_erf_quick.md").read_text().count("## lowering=") == 2
+    assert (tmp_path / "profile_erf_quick.md").read_text().count("## lowering=") == 3
 
 
 @pytest.mark.slow
