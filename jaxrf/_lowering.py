@@ -32,6 +32,8 @@ import numpy as np
 from jax import lax
 from jax.extend import core as jcore
 
+from ._jaxpr import bind, interpret
+
 #: ``lowering=`` values: ``"matmul"`` (1x1 convolutions as products, max-pool gradients as
 #: slices), ``"patches"`` (every convolution without groups or input dilation as patches
 #: times a matrix, max-pool as for ``"matmul"``), ``"none"`` (the network's own operations),
@@ -358,17 +360,7 @@ def _pool_eligible(params, dtype) -> bool:
 
 
 def _run(jaxpr, consts, args, policy):
-    env = {}
-
-    def read(v):
-        return v.val if isinstance(v, jcore.Literal) else env[v]
-
-    for var, val in zip(jaxpr.constvars, consts, strict=True):
-        env[var] = val
-    for var, val in zip(jaxpr.invars, args, strict=True):
-        env[var] = val
-    for eqn in jaxpr.eqns:
-        vals = [read(v) for v in eqn.invars]
+    def rule(eqn, vals):
         name = eqn.primitive.name
         how = (
             name == "conv_general_dilated"
@@ -377,25 +369,18 @@ def _run(jaxpr, consts, args, policy):
         )
         if how:
             with eqn.ctx.manager:
-                outs = [conv_as_dot(*vals, how=how, **eqn.params)]
-        elif name == "reduce_window_max" and _pool_eligible(eqn.params, vals[0].dtype):
+                return [conv_as_dot(*vals, how=how, **eqn.params)]
+        if name == "reduce_window_max" and _pool_eligible(eqn.params, vals[0].dtype):
             with eqn.ctx.manager:
-                outs = [max_pool(vals[0], _Static.of(eqn.params))]
-        elif name in _INLINE:
+                return [max_pool(vals[0], _Static.of(eqn.params))]
+        if name in _INLINE:
             sub = eqn.params.get("jaxpr", eqn.params.get("call_jaxpr"))
             if isinstance(sub, jcore.ClosedJaxpr):
-                outs = _run(sub.jaxpr, sub.consts, vals, policy)
-            else:
-                outs = _run(sub, [], vals, policy)
-        else:
-            params = eqn.primitive.get_bind_params(eqn.params)
-            with eqn.ctx.manager:
-                outs = eqn.primitive.bind(*vals, **params)
-            outs = outs if eqn.primitive.multiple_results else [outs]
-        for var, val in zip(eqn.outvars, outs, strict=True):
-            if not isinstance(var, jcore.DropVar):
-                env[var] = val
-    return [read(v) for v in jaxpr.outvars]
+                return _run(sub.jaxpr, sub.consts, vals, policy)
+            return _run(sub, [], vals, policy)
+        return bind(eqn, vals)
+
+    return interpret(jaxpr, consts, args, rule)
 
 
 def lower_convs(fn: Callable, policy: str = "matmul") -> Callable:

@@ -42,6 +42,8 @@ import numpy as np
 from jax import lax
 from jax.extend import core as jcore
 
+from ._jaxpr import bind, interpret
+
 DTYPE = jnp.float32
 
 
@@ -194,28 +196,12 @@ class _Rewriter:
         return out.value
 
     def run(self, jaxpr, consts, args):
-        env = {}
+        def rule(eqn, vals):
+            if any(isinstance(v, Dep) for v in vals):
+                return self.rule(eqn, vals)
+            return bind(eqn, vals)
 
-        def read(v):
-            return v.val if isinstance(v, jcore.Literal) else env[v]
-
-        for var, val in zip(jaxpr.constvars, consts, strict=True):
-            env[var] = val
-        for var, val in zip(jaxpr.invars, args, strict=True):
-            env[var] = val
-        for eqn in jaxpr.eqns:
-            vals = [read(v) for v in eqn.invars]
-            if not any(isinstance(v, Dep) for v in vals):
-                params = eqn.primitive.get_bind_params(eqn.params)
-                with eqn.ctx.manager:
-                    outs = eqn.primitive.bind(*vals, **params)
-                outs = outs if eqn.primitive.multiple_results else [outs]
-            else:
-                outs = self.rule(eqn, vals)
-            for var, out in zip(eqn.outvars, outs, strict=True):
-                if not isinstance(var, jcore.DropVar):
-                    env[var] = out
-        return [read(v) for v in jaxpr.outvars]
+        return interpret(jaxpr, consts, args, rule)
 
     def rule(self, eqn, vals):
         name = eqn.primitive.name
