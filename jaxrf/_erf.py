@@ -244,13 +244,14 @@ def effective_receptive_field(
         lowering: how convolutions and max-pools are compiled: ``"auto"`` (default:
             ``"matmul"`` on CPU devices, ``"none"`` elsewhere), ``"matmul"`` (1x1
             convolutions as matrix products and max-pool gradients as slices: XLA:CPU runs
-            them near its matmul throughput; the ResNet-50 ERF step at 224 ran 1.24x faster
-            than with ``"none"``, see results/benchmark.md and results/profile_erf.md),
-            ``"patches"`` (every convolution as patches times a matrix: as fast on that
-            benchmark, within its noise) or ``"none"`` (the network's own operations). Same
-            sums in another order: in float64 the maps agree with ``"none"`` to 1e-14; in
-            float32, ``"matmul"`` to 1e-6 of the map's maximum, ``"patches"`` to 1e-2 (rounding
-            can flip a ReLU or max-pool decision, as between any two float32 programs).
+            them near its matmul throughput; the ResNet-50 ERF step at 224 ran 1.24x and
+            1.33x faster than with ``"none"`` in two runs, see results/benchmark.md and
+            results/profile_erf.md), ``"patches"`` (every convolution as patches times a
+            matrix: as fast on that benchmark, within its noise) or ``"none"`` (the network's
+            own operations). Same sums in another order: in float64 the maps agree with
+            ``"none"`` to 1e-14; in float32, ``"matmul"`` to 1e-6 of the map's maximum,
+            ``"patches"`` to 1e-2 (rounding can flip a ReLU or max-pool decision, as between
+            any two float32 programs).
         crop: a :class:`jaxrf.Crop` from :func:`jaxrf.crop_for_unit` for the probed unit: every
             sample is cut to the unit's receptive-field cone, the network runs forward and
             backward on the crop only, and the map is pasted back at full size. Exact (the
