@@ -1,9 +1,10 @@
 """Convolutions as matrix products, for probes on XLA:CPU.
 
-XLA:CPU runs ``dot_general`` close to the machine's matmul throughput, but its convolution
-kernel reaches only a third of that on the 1x1 convolutions that dominate bottleneck networks
-(64 -> 256 channels at 56x56: 0.35 of matmul as a convolution, 0.95 as a product), and about a
-tenth on the input gradient of a 7x7 stride-2 stem (experiments/benchmark.py, section b).
+XLA:CPU runs ``dot_general`` closer to its matmul throughput than its convolutions: in the
+ResNet-50 ERF step at 224 (results/profile_erf.md) the 1x1 convolutions' 8.5 GFLOP per image
+took 120 ms as convolutions and 84 ms as products (64 -> 256 channels at 56x56: 0.37 of the
+2048 matmul's FLOP/s as a convolution, 0.58 as a product; its gradient 0.35 vs 0.82), and the
+max-pool gradient's select-and-scatter expansion took 11 ms where slices take 1 ms.
 :func:`lower_convs` re-evaluates a network's jaxpr with every ``conv_general_dilated`` that a
 plain product can express replaced by one: a 1x1 kernel becomes a (strided) slice and one
 ``dot_general`` over channels (policy ``"matmul"``; ``"patches"`` also turns a larger kernel
@@ -34,10 +35,11 @@ from jax.extend import core as jcore
 
 from ._jaxpr import bind, interpret
 
-#: ``lowering=`` values: ``"matmul"`` (1x1 convolutions as products, max-pool gradients as
-#: slices), ``"patches"`` (every convolution without groups or input dilation as patches
-#: times a matrix, max-pool as for ``"matmul"``), ``"none"`` (the network's own operations),
-#: ``"auto"`` (``"matmul"`` on CPU devices, ``"none"`` elsewhere).
+#: ``lowering=`` values: ``"matmul"`` (1x1 convolutions as products, strided image stems
+#: with a phase-decomposed gradient, max-pool gradients as slices), ``"patches"`` (every
+#: convolution without groups or input dilation as patches times a matrix, max-pool as for
+#: ``"matmul"``), ``"none"`` (the network's own operations), ``"auto"`` (``"matmul"`` on CPU
+#: devices, ``"none"`` elsewhere).
 LOWERINGS = ("auto", "matmul", "patches", "none")
 
 _INLINE = ("pjit", "jit", "closed_call", "core_call")
