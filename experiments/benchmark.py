@@ -126,11 +126,16 @@ def matmul_flops(n: int = 2048, rounds: int = 10) -> float:
     return 2 * n**3 / statistics.median(once(lambda: f(a)) for _ in range(rounds))
 
 
-def cost_flops(jitted, *args) -> float:
-    cost = jitted.lower(*args).compile().cost_analysis()
+def compiled_flops(compiled) -> float:
+    """FLOPs of a compiled computation by XLA's cost analysis (nan where it has none)."""
+    cost = compiled.cost_analysis()
     if isinstance(cost, list | tuple):
         cost = cost[0]
     return float(cost.get("flops", float("nan")))
+
+
+def cost_flops(jitted, *args) -> float:
+    return compiled_flops(jitted.lower(*args).compile())
 
 
 # ---------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import math
 import re
 import sys
 import tempfile
@@ -31,7 +32,15 @@ import jax.numpy as jnp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
-from benchmark import block, erf_one, machine, matmul_flops, once, resnet_setup  # noqa: E402
+from benchmark import (  # noqa: E402
+    block,
+    compiled_flops,
+    erf_one,
+    machine,
+    matmul_flops,
+    once,
+    resnet_setup,
+)
 
 from jaxrf._lowering import lower_convs  # noqa: E402
 
@@ -42,13 +51,6 @@ _SHAPE = re.compile(r"^\w+\[([\d,]*)\]")
 def _dims(shape: str) -> list[int]:
     m = _SHAPE.match(shape)
     return [int(v) for v in m.group(1).split(",") if v] if m else []
-
-
-def _prod(values) -> int:
-    out = 1
-    for v in values:
-        out *= v
-    return out
 
 
 def parse_hlo(text: str):
@@ -80,19 +82,19 @@ def _matmul_work(comps, comp: str, instr) -> tuple[str, int] | None:
     if opcode == "dot":
         lhs, rhs = shapes.get(args[0], []), shapes.get(args[1], [])
         contract = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", attrs)
-        k = _prod(lhs[int(d)] for d in contract.group(1).split(",")) if contract else 1
-        label = f"dot [{_prod(out) // max(1, out[-1] if out else 1)} x {k}] x [{k} x {out[-1]}]"
-        return label, 2 * _prod(out) * k
+        k = math.prod(lhs[int(d)] for d in contract.group(1).split(",")) if contract else 1
+        label = f"dot [{math.prod(out) // max(1, out[-1] if out else 1)} x {k}] x [{k} x {out[-1]}]"
+        return label, 2 * math.prod(out) * k
     if opcode == "convolution":
         lhs, rhs = shapes.get(args[0], []), shapes.get(args[1], [])
         window = re.search(r"window=\{([^}]*)\}", attrs).group(1)
         labels = re.search(r"dim_labels=(\w+)_(\w+)->(\w+)", attrs)
         o_axis = labels.group(2).index("o")
-        per_out = _prod(rhs) // rhs[o_axis]
-        flops = 2 * _prod(out) * per_out
+        per_out = math.prod(rhs) // rhs[o_axis]
+        flops = 2 * math.prod(out) * per_out
         dil = re.search(r"lhs_dilate=([\dx]+)", window)
         if dil:
-            flops //= _prod(int(v) for v in dil.group(1).split("x"))
+            flops //= math.prod(int(v) for v in dil.group(1).split("x"))
         size = re.search(r"size=([\dx]+)", window).group(1)
         stride = re.search(r"stride=([\dx]+)", window)
         kind = "lhs-dilated " if dil else ""
@@ -148,8 +150,6 @@ def profile(net, xs, lowering: str, runs: int, peak: float):
     lowered = lower_convs(net, lowering)
     step = jax.jit(lambda xb: jax.vmap(functools.partial(erf_one, lowered))(xb).sum(0))
     compiled = step.lower(xs).compile()
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list | tuple) else cost
     comps, entry = parse_hlo(compiled.as_text())
     groups = classify(comps, entry)
     block(step(xs))
@@ -189,7 +189,7 @@ def profile(net, xs, lowering: str, runs: int, peak: float):
         profiled_ms_per_image=profiled,
         matmul_ms_per_image=mat_ms,
         matmul_gflop_per_image=mat_gf,
-        xla_cost_gflop_per_image=float(cost.get("flops", float("nan"))) / batch / 1e9,
+        xla_cost_gflop_per_image=compiled_flops(compiled) / batch / 1e9,
         matmul_fraction_of_peak=mat_gf / (mat_ms / 1e3) / (peak / 1e9) if mat_ms else float("nan"),
         other_ms_per_image=profiled - mat_ms,
     )

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -110,6 +111,14 @@ class _Static:
         return dict(self.items)[key]
 
 
+def _window_offsets(window, dilation, strides, out):
+    """Per window offset (row-major), the ``(start, limit)`` of the strided slice it reads."""
+    for offset in itertools.product(*(range(k) for k in window)):
+        start = tuple(t * d for t, d in zip(offset, dilation, strict=True))
+        limit = tuple(a + (o - 1) * st + 1 for a, o, st in zip(start, out, strides, strict=True))
+        yield start, limit
+
+
 def _patches_dot(x, w, strides, dilation, precision, preferred):
     """Canonical convolution, already padded: ``x`` (N, *S, C), ``w`` (*K, C, O), VALID."""
     nd = x.ndim - 2
@@ -117,15 +126,10 @@ def _patches_dot(x, w, strides, dilation, precision, preferred):
     out = [
         (x.shape[1 + a] - (kernel[a] - 1) * dilation[a] - 1) // strides[a] + 1 for a in range(nd)
     ]
-    cols = []
-    for offset in itertools.product(*(range(k) for k in kernel)):
-        start = (0, *(t * d for t, d in zip(offset, dilation, strict=True)), 0)
-        limit = (
-            x.shape[0],
-            *(s + (o - 1) * st + 1 for s, o, st in zip(start[1:-1], out, strides, strict=True)),
-            x.shape[-1],
-        )
-        cols.append(lax.slice(x, start, limit, (1, *strides, 1)))
+    cols = [
+        lax.slice(x, (0, *start, 0), (x.shape[0], *limit, x.shape[-1]), (1, *strides, 1))
+        for start, limit in _window_offsets(kernel, dilation, strides, out)
+    ]
     patches = cols[0] if len(cols) == 1 else lax.concatenate(cols, nd + 1)
     return lax.dot_general(
         patches,
@@ -195,7 +199,9 @@ def phase_kernel(w, strides, padding):
     taps per axis: no multiplications by the zeros an lhs-dilated convolution inserts.
 
     Returns:
-        ``(kernel (*K', O, P * I), low pads, taps)``: P = prod(strides) phases, phase-major.
+        ``(kernel, u_min, sizes)``: the kernel ``(*K', O, P * I)`` (P = prod(strides) phases,
+        phase-major on the output channels), ``u_min`` per axis (the cotangent is read from
+        ``q + u_min``) and ``K'`` per axis.
     """
     nd = len(strides)
     kernel = w.shape[:nd]
@@ -216,7 +222,7 @@ def phase_kernel(w, strides, padding):
         per_axis.append((taps, u_min))
     i_ch, o_ch = w.shape[nd], w.shape[nd + 1]
     sizes = [t.shape[0] for t, _ in per_axis]
-    index = np.full((*sizes, *strides), _prod_int(kernel), np.int64)  # sentinel: a zero tap
+    index = np.full((*sizes, *strides), math.prod(kernel), np.int64)  # sentinel: a zero tap
     for pos in itertools.product(*(range(n) for n in sizes)):
         for phase in itertools.product(*(range(s) for s in strides)):
             t = [per_axis[a][0][pos[a], phase[a]] for a in range(nd)]
@@ -226,13 +232,6 @@ def phase_kernel(w, strides, padding):
     v = flat[index.reshape(*sizes, -1)]  # (*K', P, I, O)
     v = jnp.moveaxis(v, -1, nd)  # (*K', O, P, I)
     return v.reshape(*sizes, o_ch, -1), [u for _, u in per_axis], sizes
-
-
-def _prod_int(values) -> int:
-    out = 1
-    for v in values:
-        out *= int(v)
-    return out
 
 
 def _strided_input_grad(g, w, p: _Static, in_shape):
@@ -334,15 +333,10 @@ def _max_pool_bwd(p, res, g):
     x, y = res
     window, strides = p["window_dimensions"], p["window_strides"]
     wdil, padding = p["window_dilation"], p["padding"]
-    low = jnp.array(-jnp.inf, x.dtype) if jnp.issubdtype(x.dtype, jnp.floating) else None
-    xp = lax.pad(x, low, [(lo, hi, 0) for lo, hi in padding])
+    xp = lax.pad(x, jnp.array(-jnp.inf, x.dtype), [(lo, hi, 0) for lo, hi in padding])
     claimed = jnp.zeros(y.shape, bool)
     gx = jnp.zeros(xp.shape, g.dtype)
-    for offset in itertools.product(*(range(k) for k in window)):
-        start = tuple(t * d for t, d in zip(offset, wdil, strict=True))
-        limit = tuple(
-            s + (o - 1) * st + 1 for s, o, st in zip(start, y.shape, strides, strict=True)
-        )
+    for start, limit in _window_offsets(window, wdil, strides, y.shape):
         hit = (lax.slice(xp, start, limit, strides) == y) & ~claimed
         claimed = claimed | hit
         placed = [
