@@ -9,6 +9,8 @@ from ._axis import Window as Window
 from ._axis import same_padding as same_padding
 from ._crop import Crop as Crop
 from ._crop import crop_for_unit as crop_for_unit
+from ._diagnostics import Diagnostics as Diagnostics
+from ._diagnostics import resolution_diagnostics as resolution_diagnostics
 from ._erf import EffectiveReceptiveField as EffectiveReceptiveField
 from ._erf import effective_receptive_field as effective_receptive_field
 from ._field import GlobalReceptiveFieldWarning as GlobalReceptiveFieldWarning
