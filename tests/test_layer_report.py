@@ -1,0 +1,159 @@
+"""jaxrf layer report: theory and ERF statistics per layer, assembled from given measurements.
+
+Expected values are derived by hand in the comments (Distill's r, S, P; moments of small
+integer maps; RepLKNet's log10(x + 1) normalised squares).
+"""
+
+import math
+
+import numpy as np
+import pytest
+
+import jaxrf
+from jaxrf._report import assemble_report, unit_indices, unit_region
+
+L = jaxrf.Layer
+
+# 1-D, input 9: c0 k3 VALID -> 7 outputs, r 3, S 1, P 0; c1 k3 VALID -> 5 outputs, r 5.
+# Centre units: c0 7 // 2 = 3, region [3, 5]; c1 5 // 2 = 2, region [2, 6]. The region's centre
+# S i - P + (r - 1)/2 is pixel 4 for both.
+CHAIN = [L(3, name="c0"), L(3, name="c1")]
+# c0: a map wider than its region (pure arithmetic): mass 1+2+4+2+1 = 10, 8 of it in [3, 5].
+MAP_C0 = np.array([0, 0, 1, 2, 4, 2, 1, 0, 0], float)
+# c1: the ERF of two all-ones 3-tap linear convolutions: the box convolved with itself.
+MAP_C1 = np.array([0, 0, 1, 2, 3, 2, 1, 0, 0], float)
+
+
+def _report():
+    rf = jaxrf.from_layers(CHAIN, (9,))
+    indices = unit_indices(rf, ["c0", "c1"])
+    assert indices == {"c0": (3,), "c1": (2,)}
+    supports = {"c0": ((3, 5),), "c1": ((2, 6),)}
+    return assemble_report(rf, indices, supports, {"c0": MAP_C0, "c1": MAP_C1}, count=4)
+
+
+def test_theory_columns():
+    c0, c1 = _report().rows
+    assert (c0.size, c0.stride, c0.padding, c0.region, c0.support) == (
+        (3,),
+        (1,),
+        (0,),
+        ((3, 5),),
+        ((3, 5),),
+    )
+    assert (c1.size, c1.region) == ((5,), ((2, 6),))
+
+
+def test_erf_statistics_c0():
+    c0 = _report().rows[0]
+    # mean 4; variance (1*4 + 2*1 + 2*1 + 1*4) / 10 = 1.2
+    assert c0.std == pytest.approx((math.sqrt(1.2),), rel=1e-12)
+    # reference pixel 4 (value 4), threshold 0.0455 * 4: 5 pixels above -> sqrt(5)
+    assert c0.luo_size == pytest.approx(math.sqrt(5), rel=1e-12)
+    assert c0.share_inside == pytest.approx(0.8, rel=1e-12)
+    # sqrt(5) over sqrt(3 pixels of [3, 5])
+    assert c0.erf_to_rf == pytest.approx(math.sqrt(5 / 3), rel=1e-12)
+    # A = log10(m + 1) / log10(5): 1 at 4, 0.6826 at 3 and 5, 0.4307 at 2 and 6, total 3.2266.
+    # Side 3 holds 2.3652 / 3.2266 = 0.733 > 0.2, 0.3, 0.5 -> 3/9; side 5 holds all > 0.99 -> 5/9.
+    assert c0.area_ratios == pytest.approx((1 / 3, 1 / 3, 1 / 3, 5 / 9), rel=1e-12)
+
+
+def test_erf_statistics_c1():
+    c1 = _report().rows[1]
+    # two 3-tap boxes: variance 2 (3**2 - 1) / 12 = 4/3
+    assert c1.std == pytest.approx((math.sqrt(4 / 3),), rel=1e-12)
+    # reference 3 at pixel 4; all 5 nonzero pixels exceed 0.1365: sqrt(5); region has 5 pixels
+    assert c1.luo_size == pytest.approx(math.sqrt(5), rel=1e-12)
+    assert c1.erf_to_rf == pytest.approx(1.0, rel=1e-12)
+    assert c1.share_inside == 1.0
+    # A = log10(m + 1) / log10(4) = 0.5, 0.7925, 1, 0.7925, 0.5 (total 3.585); side 3 holds
+    # 2.585 / 3.585 = 0.721: 3/9 for 20/30/50 %; side 5 holds all: 5/9 for 99 %.
+    assert c1.area_ratios == pytest.approx((1 / 3, 1 / 3, 1 / 3, 5 / 9), rel=1e-12)
+
+
+def test_csv():
+    lines = _report().table("csv").splitlines()
+    assert lines == [
+        "name,unit,RF size,effective stride,effective padding,RF region,support box,ERF std,"
+        "Luo size,area 20%,area 30%,area 50%,area 99%,ERF in RF,ERF/RF",
+        # sqrt(1.2) = 1.095, sqrt(5) = 2.236, sqrt(5/3) = 1.291
+        'c0,3,3,1,0,"[3,5]","[3,5]",1.1,2.24,0.333,0.333,0.333,0.556,0.8,1.29',
+        # sqrt(4/3) = 1.155
+        'c1,2,5,1,0,"[2,6]","[2,6]",1.15,2.24,0.333,0.333,0.333,0.556,1,1',
+    ]
+
+
+def test_other_formats():
+    report = _report()
+    text = report.table("text").splitlines()
+    assert text[0].split()[:4] == ["name", "unit", "RF", "size"]
+    assert text[2].split() == [
+        "c0", "3", "3", "1", "0", "[3,5]", "[3,5]", "1.1", "2.24",
+        "0.333", "0.333", "0.333", "0.556", "0.8", "1.29",
+    ]  # fmt: skip
+    md = report.table("markdown").splitlines()
+    assert md[2] == (
+        "| c0 | 3 | 3 | 1 | 0 | [3,5] | [3,5] | 1.1 | 2.24 | 0.333 | 0.333 | 0.333 | 0.556 | 0.8 "
+        "| 1.29 |"
+    )
+    latex = report.table("latex").splitlines()
+    assert latex[2].endswith(
+        r"area 20\% & area 30\% & area 50\% & area 99\% & ERF in RF & ERF/RF \\"
+    )
+    with pytest.raises(ValueError, match=r"`fmt` \(='html'\) must be one of"):
+        report.table("html")
+
+
+def test_global_layer_and_missing_threshold():
+    # conv k3 VALID on 7 -> 5, then global pool: the pool's region is the whole input [0, 6]
+    # and it has no analytic centre, so Luo's reference is the maximum.
+    rf = jaxrf.from_layers([L(3, name="c"), jaxrf.Global(name="gp")], (7,))
+    # a flat map: std of 7 uniform pixels sqrt((49 - 1) / 12) = 2; Luo: all 7 -> sqrt(7), and
+    # sqrt(7) / sqrt(7 pixels) = 1. RepLKNet squares centred at 7 // 2 = 3 of sides 3 and 5
+    # (i = 1, 2 < 7 // 2): 3/7 = 0.43 > 0.2, 0.3 -> 3/7; 5/7 = 0.71 > 0.5 -> 5/7; no tried
+    # square holds more than 99 %: None.
+    report = assemble_report(rf, {"gp": (0,)}, {"gp": ((0, 6),)}, {"gp": np.ones(7)})
+    (row,) = report.rows
+    assert row.is_global and row.region == ((0, 6),)
+    assert row.std == pytest.approx((2.0,), rel=1e-12)
+    assert row.luo_size == pytest.approx(math.sqrt(7), rel=1e-12)
+    assert row.erf_to_rf == pytest.approx(1.0, rel=1e-12)
+    assert row.area_ratios == pytest.approx((3 / 7, 3 / 7, 5 / 7, None))
+    assert report.table("csv").splitlines()[1] == (
+        'gp,0,global,global,global,"[0,6]","[0,6]",2,2.65,0.429,0.429,0.714,-,1,1'
+    )
+
+
+def test_dead_unit_has_no_statistics():
+    rf = jaxrf.from_layers(CHAIN, (9,))
+    report = assemble_report(rf, {"c1": (2,)}, {"c1": None}, {"c1": np.zeros(9)})
+    row = report.rows[0]
+    assert (row.std, row.luo_size, row.area_ratios, row.share_inside, row.erf_to_rf) == (None,) * 5
+    assert report.table("csv").splitlines()[1] == 'c1,2,5,1,0,"[2,6]",-,-,-,-,-,-,-,-,-'
+
+
+def test_region_clipped_at_the_border_and_2d():
+    # 2-D, two k3 p1 convs on 6x5: r 5, P 2. Unit (0, 4): [-2, 2] x [2, 6] -> [0, 2] x [2, 4].
+    rf = jaxrf.from_layers([L(3, padding=1), L(3, padding=1, name="b")], (6, 5))
+    assert unit_region(rf.layers[1], (0, 4), (6, 5)) == ((0, 2), (2, 4))
+    # strided: k2 s2 on 8: r 2, S 2; unit 3 -> [6, 7]
+    rf = jaxrf.from_layers([L(2, stride=2, name="p")], (8,))
+    assert unit_region(rf.layers[0], (3,), (8,)) == ((6, 7),)
+
+
+def test_indices():
+    rf = jaxrf.from_layers([L(3, padding=1, name="a"), L(2, stride=2, name="p")], (8, 6))
+    # centres: a 8x6 -> (4, 3); p 4x3 -> (2, 1)
+    assert unit_indices(rf, ["a", "p"]) == {"a": (4, 3), "p": (2, 1)}
+    assert unit_indices(rf, ["a", "p"], (1, 1)) == {"a": (1, 1), "p": (1, 1)}
+    assert unit_indices(rf, ["a", "p"], {"p": (0, 2)}) == {"a": (4, 3), "p": (0, 2)}
+    with pytest.raises(ValueError, match=r"`index for layer 'p'` \(=\(5, 0\)\) is outside"):
+        unit_indices(rf, ["p"], (5, 0))
+    with pytest.raises(ValueError, match=r"layer 'nope' is not a layer of this network; .*: a, p"):
+        unit_indices(rf, ["nope"])
+
+
+def test_map_of_the_wrong_shape():
+    rf = jaxrf.from_layers(CHAIN, (9,))
+    with pytest.raises(ValueError, match=r"the ERF map of layer 'c1' has shape \(8,\); it must"):
+        assemble_report(rf, {"c1": (2,)}, {}, {"c1": np.ones(8)})
