@@ -33,6 +33,8 @@ class _Walker:
         self.records: list[LayerRecord] = []
         self._names: set[str] = set()
         self._prefix: list[str] = []
+        self._path: list[int] = []
+        self.sites: dict[str, tuple[int, ...]] = {}
 
     # -- naming and records ----------------------------------------------------------
 
@@ -53,6 +55,7 @@ class _Walker:
 
     def record(self, state: FieldState, name: str, op: str, windows=None) -> None:
         self.records.append(state.record(name, op, windows))
+        self.sites[name] = tuple(self._path)  # the equation whose first output is this layer
 
     # -- walking ---------------------------------------------------------------------
 
@@ -66,12 +69,16 @@ class _Walker:
 
         env.update(zip(jaxpr.constvars, consts, strict=True))
         env.update(zip(jaxpr.invars, args, strict=True))
-        for eqn in jaxpr.eqns:
+        for i, eqn in enumerate(jaxpr.eqns):
             inputs = [read(v) for v in eqn.invars]
-            if any(isinstance(v, Dependent) for v in inputs):
-                outputs = self.apply(eqn, inputs)
-            else:
-                outputs = _lazy(eqn, inputs)
+            self._path.append(i)
+            try:
+                if any(isinstance(v, Dependent) for v in inputs):
+                    outputs = self.apply(eqn, inputs)
+                else:
+                    outputs = _lazy(eqn, inputs)
+            finally:
+                self._path.pop()
             for var, out in zip(eqn.outvars, outputs, strict=True):
                 env[var] = out
         return [read(v) for v in jaxpr.outvars]
@@ -283,6 +290,16 @@ def receptive_field(
         >>> rf.size, rf.stride, rf.padding, rf.output_shape
         ((5, 5), (1, 1), (0, 0), (4, 4))
     """
+    _, walker, out, input_shape = walk_network(fn, x, spatial_axes, unknown, rules)
+    return ReceptiveField.from_state(out.state, input_shape, walker.records)
+
+
+def walk_network(fn: Callable, x, spatial_axes, unknown: str, rules) -> tuple:
+    """Trace ``fn`` at ``x`` and walk it: ``(closed jaxpr, walker, output value, spatial shape)``.
+
+    ``walker.records`` are the layer records; ``walker.sites`` maps each record's name to the
+    path of equation indices (through nested sub-programs) whose first output is that layer.
+    """
     if unknown not in ("raise", "global"):
         raise ValueError(f"`unknown` (={unknown!r}) must be 'raise' or 'global'.")
     shape = tuple(getattr(x, "shape", ()))
@@ -309,4 +326,4 @@ def receptive_field(
     (out,) = walker.walk(jaxpr, consts, [start])
     if not isinstance(out, Dependent):
         raise ValueError("the output of `fn` does not depend on its input `x`.")
-    return ReceptiveField.from_state(out.state, input_shape, walker.records)
+    return closed, walker, out, input_shape
