@@ -29,6 +29,9 @@ from ._probe import SupportMap as SupportMap
 from ._probe import actual_receptive_field as actual_receptive_field
 from ._probe import gradient_map as gradient_map
 from ._probe import support_map as support_map
+from ._report import LayerReport as LayerReport
+from ._report import LayerReportRow as LayerReportRow
+from ._report import layer_report as layer_report
 from ._rules import register_rule as register_rule
 from ._stats import AreaRatio as AreaRatio
 from ._stats import LuoSize as LuoSize

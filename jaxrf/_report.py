@@ -11,6 +11,7 @@ size. The statistics are those of :mod:`jaxrf` (:func:`jaxrf.erf_std`, :func:`ja
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -20,8 +21,12 @@ import numpy as np
 
 from . import _stats
 from ._axis import Number, floor_ceil
+from ._erf import effective_receptive_field
 from ._field import Box, LayerRecord, ReceptiveField, check_index
+from ._probe import actual_receptive_field
 from ._table import _cell, render
+from ._tap import intermediate
+from ._trace import receptive_field
 
 THRESHOLDS = (0.2, 0.3, 0.5, 0.99)
 
@@ -268,3 +273,84 @@ def assemble_report(
             )
         )
     return LayerReport(tuple(rf.input_shape), tuple(thresholds), tuple(rows), count)
+
+
+def _example(inputs):
+    """A one-sample example of ``inputs`` (an array or an iterable of batches) and the inputs
+    to stream (a one-shot iterator is re-chained after its first batch is read)."""
+    if hasattr(inputs, "shape"):
+        if len(inputs.shape) < 2 or inputs.shape[0] < 1:
+            raise ValueError(
+                f"`inputs` has shape {tuple(inputs.shape)}; give an array (N, *spatial, "
+                "channels) with N >= 1, or an iterable of such batches."
+            )
+        return inputs[:1], inputs
+    iterator = iter(inputs)
+    try:
+        first = next(iterator)
+    except StopIteration:
+        raise ValueError("`inputs` is an empty iterable; give at least one batch.") from None
+    rest = inputs if iterator is not inputs else itertools.chain([first], iterator)
+    return first[:1], rest
+
+
+def _probe_layers(fn, example, inputs, indices: Mapping[str, tuple], erf_options) -> tuple:
+    """Structural boxes and ERFs of one unit per layer, each on the network cut at the layer
+    (:func:`jaxrf._tap.intermediate`): ``({name: box}, {name: map}, count)``."""
+    supports, maps, count = {}, {}, None
+    for name, index in indices.items():
+        cut = intermediate(fn, example, [name])
+
+        def truncated(x, cut=cut):
+            return cut(x)[0]
+
+        arf = actual_receptive_field(truncated, example, index, mode="structural")
+        erf = effective_receptive_field(truncated, inputs, index, **erf_options)
+        supports[name], maps[name], count = arf.box, erf.map, erf.count
+    return supports, maps, count
+
+
+def layer_report(
+    fn: Callable,
+    inputs,
+    layers: str | Sequence[str] | None = None,
+    index=None,
+    *,
+    thresholds: Sequence[float] = THRESHOLDS,
+    **erf_options,
+) -> LayerReport:
+    """Theory next to measurement for one unit of every named layer of ``fn``.
+
+    Per layer (a name of ``jaxrf.receptive_field(fn, x).layers``, as listed by
+    :func:`jaxrf.layer_table`): Distill's ``r``, ``S``, ``P`` and the unit's region clipped to
+    the input; the unit's structural support box (:func:`jaxrf.actual_receptive_field`,
+    ``mode="structural"``); and its effective receptive field over ``inputs``
+    (:func:`jaxrf.effective_receptive_field`) summarised as in :class:`LayerReportRow`. Each
+    layer is probed on the network cut after it, so the maps equal those of the network
+    truncated there by hand.
+
+    Args:
+        fn: the network, ``x -> y`` with ``x`` shaped ``(batch, *spatial, channels)``.
+        inputs: an array ``(N, *spatial, channels)`` or an iterable of such batches; the first
+            sample fixes the traced shapes.
+        layers: a layer name or names, in the order of the rows (default: every layer).
+        index: the probed unit: None (the centre ``n // 2`` of each layer's map), one position
+            for every layer, or a mapping layer name -> position.
+        thresholds: area-ratio thresholds (RepLKNet's 20/30/50/99 % by default).
+        **erf_options: passed to :func:`jaxrf.effective_receptive_field` (``batch_size``,
+            ``reduce``, ``progress``, ``nonfinite``, ``lowering``, ...).
+
+    Returns:
+        A :class:`LayerReport`; ``report.table(fmt)`` renders it as text, Markdown, LaTeX or
+        CSV.
+
+    Raises:
+        ValueError: an unknown layer (the message lists the layers), an index outside a
+            layer's map, or empty ``inputs``.
+    """
+    example, inputs = _example(inputs)
+    rf = receptive_field(fn, example)
+    names = [layers] if isinstance(layers, str) else list(layers or [r.name for r in rf.layers])
+    indices = unit_indices(rf, names, index)
+    supports, maps, count = _probe_layers(fn, example, inputs, indices, erf_options)
+    return assemble_report(rf, indices, supports, maps, thresholds, count)

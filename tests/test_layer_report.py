@@ -157,3 +157,88 @@ def test_map_of_the_wrong_shape():
     rf = jaxrf.from_layers(CHAIN, (9,))
     with pytest.raises(ValueError, match=r"the ERF map of layer 'c1' has shape \(8,\); it must"):
         assemble_report(rf, {"c1": (2,)}, {}, {"c1": np.ones(8)})
+
+
+# ---------------------------------------------------------------------------------------
+# End to end: jaxrf.layer_report on linear networks with all-ones kernels, whose ERF maps are
+# integer counts of paths (input-independent), derived by hand below.
+# ---------------------------------------------------------------------------------------
+
+DN = ("NHWC", "HWIO", "NHWC")
+
+
+def _conv(x, stride=1, padding="VALID"):
+    import jax.numpy as jnp
+    from jax import lax
+
+    return lax.conv_general_dilated(
+        x, jnp.ones((3, 3, 1, 1)), (stride, stride), padding, dimension_numbers=DN
+    )
+
+
+def _chain(x):
+    return _conv(_conv(_conv(x), stride=2))
+
+
+def test_layer_report_chain_end_to_end():
+    import jax.numpy as jnp
+
+    # 16x16 input. conv0 -> 14x14, r 3: centre 7, region [7, 9]; ERF the 3x3 box (var 2/3).
+    # conv1 (s2) -> 6x6, r 5, S 2: centre 3, region [6, 10]; per axis conv1's unit reads
+    #   conv0 at 6, 7, 8, each reading [p, p + 2]: profile 1,2,3,2,1 (sum 9, mean 8,
+    #   var (4 + 2 + 0 + 2 + 4) / 9 = 4/3).
+    # conv2 -> 4x4, r 9, S 2: centre 2, region [4, 12]; it reads conv1 at 2, 3, 4, whose
+    #   profiles 1,2,3,2,1 start at 4, 6, 8: 1,2,4,4,5,4,4,2,1 (sum 27, mean 8,
+    #   var (16 + 18 + 16 + 4 + 0 + 4 + 16 + 18 + 16) / 27 = 4).
+    # Luo's reference is the region's centre pixel, 8 for conv1 and conv2 (values 9 and 25).
+    # conv0, conv1: every nonzero pixel is above 4.55 % of it: 9 and 25 pixels, sizes 3 and 5,
+    # the regions' sides: ERF/RF 1. conv2: threshold 0.0455 * 25 = 1.1375 drops the 4 corner
+    # pixels (1 * 1): 77 pixels, size sqrt(77), ERF/RF sqrt(77) / 9. All mass inside.
+    report = jaxrf.layer_report(_chain, jnp.ones((2, 16, 16, 1)))
+    assert [r.name for r in report.rows] == ["conv0", "conv1", "conv2"]
+    assert report.count == 2
+    expected = {
+        "conv0": ((7, 7), ((7, 9),) * 2, 2 / 3, 3),
+        "conv1": ((3, 3), ((6, 10),) * 2, 4 / 3, 5),
+        "conv2": ((2, 2), ((4, 12),) * 2, 4, math.sqrt(77)),
+    }
+    for row in report.rows:
+        index, region, var, side = expected[row.name]
+        assert row.index == index and row.region == region and row.support == region
+        assert row.std == pytest.approx((math.sqrt(var),) * 2, rel=1e-6)
+        assert row.luo_size == pytest.approx(side, rel=1e-12)
+        assert row.share_inside == pytest.approx(1.0, rel=1e-6)
+        assert row.erf_to_rf == pytest.approx(side / (region[0][1] - region[0][0] + 1), rel=1e-12)
+    assert report.table("csv").splitlines()[3].startswith('conv2,"2,2",9,2,0,"[4,12]x[4,12]"')
+
+
+def test_layer_report_residual_layer_and_index():
+    import jax.numpy as jnp
+
+    # x + conv1(conv0(x)), SAME, 9x9. add0 at (4, 4): the conv path's map is the outer
+    # product of 1,2,3,2,1 on [2, 6], the identity adds 1 at (4, 4): total 81 + 1 = 82. Per
+    # axis the conv path's second moment about 4 is 9 (4 + 2 + 0 + 2 + 4) = 108, the identity's
+    # 0: variance 108 / 82. Luo: reference 9 + 1 = 10 at (4, 4); all 25 pixels > 0.455: 5.
+    # conv0 at (0, 8): region [-1, 1] x [7, 9] clipped to [0, 1] x [7, 8].
+    def net(x):
+        return x + _conv(_conv(x, padding="SAME"), padding="SAME")
+
+    report = jaxrf.layer_report(net, jnp.ones((1, 9, 9, 1)), ["add0", "conv0"], {"conv0": (0, 8)})
+    add, conv0 = report.rows
+    assert (add.index, add.region, add.support) == ((4, 4), ((2, 6),) * 2, ((2, 6),) * 2)
+    assert add.std == pytest.approx((math.sqrt(108 / 82),) * 2, rel=1e-6)
+    assert add.luo_size == pytest.approx(5.0, rel=1e-12)
+    assert (conv0.index, conv0.region, conv0.support) == (
+        (0, 8),
+        ((0, 1), (7, 8)),
+        ((0, 1), (7, 8)),
+    )
+    # conv0's clipped map is ones on 2x2: Luo 2 over sqrt(4 region pixels)
+    assert conv0.erf_to_rf == pytest.approx(1.0, rel=1e-12)
+
+
+def test_layer_report_bad_layer():
+    import jax.numpy as jnp
+
+    with pytest.raises(ValueError, match=r"layer 'conv9' is not a layer of this network"):
+        jaxrf.layer_report(_chain, jnp.ones((1, 16, 16, 1)), "conv9")
