@@ -246,7 +246,37 @@ def support_map(
     """
     prober = prober_for(fn, x, locals())
     per_call = _seeds_per_call(seeds_per_call, prober)
-    out_shape, in_shape = prober.output_shape, prober.input_shape
+    done = [0]
+    picks = _probe_positions(prober.output_shape)
+    masks = _pull_back(prober, (prober.one_hot(p) for p in picks), per_call, done)
+    probes = {p: mask_box(m) for p, m in zip(picks, masks, strict=True)}
+    probe_passes = done[0]
+    for attempt in range(max_refinements + 1):
+        windows, spacing = _axis_windows(
+            probes, prober.output_shape, prober.input_shape, 2**attempt
+        )
+        if np.prod(spacing) >= np.prod(prober.output_shape):
+            break
+        found = _coloured(prober, windows, spacing, per_call, done)
+        if found is not None:
+            boxes, pass_masks = found
+            return SupportMap(
+                boxes,
+                done[0],
+                probe_passes,
+                spacing,
+                mode,
+                prober.input_shape,
+                prober.output_shape,
+                pass_masks,
+                windows,
+            )
+    return _one_pass_per_position(prober, per_call, done, probe_passes)
+
+
+def _probe_positions(out_shape) -> list[tuple[int, ...]]:
+    """Positions probed one by one to measure the support: along each axis through the centre
+    (both ends, the centre and its next neighbour, a quarter in), and every corner."""
     ndim = len(out_shape)
     centre = center_index(out_shape)
     picks = set()
@@ -255,55 +285,46 @@ def support_map(
             picks.add(tuple(i if c == a else centre[c] for c in range(ndim)))
     for corner in np.ndindex(*([2] * ndim)):
         picks.add(tuple((n - 1) * c for n, c in zip(out_shape, corner, strict=True)))
-    picks = sorted(picks)
-    done = [0]
-    masks = _pull_back(prober, (prober.one_hot(p) for p in picks), per_call, done)
-    probes = {p: mask_box(m) for p, m in zip(picks, masks, strict=True)}
-    probe_passes = done[0]
+    return sorted(picks)
 
-    for attempt in range(max_refinements + 1):
-        windows, spacing = _axis_windows(probes, out_shape, in_shape, 2**attempt)
-        if np.prod(spacing) >= np.prod(out_shape):
-            break
-        boxes = np.full((*out_shape, ndim, 2), -1, int)
-        residues = list(np.ndindex(*spacing))
-        seeded = {
-            r: [np.arange(s, n, m) for s, n, m in zip(r, out_shape, spacing, strict=True)]
-            for r in residues
-        }
 
-        def seeds(residues=residues, seeded=seeded):
-            for residue in residues:
-                seed = np.zeros(out_shape, np.float32)
-                seed[np.ix_(*seeded[residue])] = 1
-                yield seed
+def _coloured(prober: Prober, windows, spacing, per_call: int, done: list[int]):
+    """Boxes of every position and the pass masks, one pass per residue modulo ``spacing``.
 
-        pass_masks, ok = {}, True
-        masks = _pull_back(prober, seeds(), per_call, done, first=1)
-        for residue, mask in zip(residues, masks, strict=True):
-            found = _attribute(mask, seeded[residue], windows)
-            if found is None:
-                ok = False
-                break
-            pass_masks[residue] = mask
-            boxes[np.ix_(*seeded[residue])] = found
-        if ok:
-            return SupportMap(
-                boxes,
-                done[0],
-                probe_passes,
-                spacing,
-                mode,
-                in_shape,
-                out_shape,
-                pass_masks,
-                windows,
-            )
-    # Fallback: one pass per position, exact by construction.
+    None when a pass cannot be attributed (a pixel outside every seeded window).
+    """
+    out_shape = prober.output_shape
+    boxes = np.full((*out_shape, len(out_shape), 2), -1, int)
+    residues = list(np.ndindex(*spacing))
+    seeded = {
+        r: [np.arange(s, n, m) for s, n, m in zip(r, out_shape, spacing, strict=True)]
+        for r in residues
+    }
+
+    def seeds():
+        for residue in residues:
+            seed = np.zeros(out_shape, np.float32)
+            seed[np.ix_(*seeded[residue])] = 1
+            yield seed
+
+    pass_masks = {}
+    masks = _pull_back(prober, seeds(), per_call, done, first=1)
+    for residue, mask in zip(residues, masks, strict=True):
+        found = _attribute(mask, seeded[residue], windows)
+        if found is None:
+            return None
+        pass_masks[residue] = mask
+        boxes[np.ix_(*seeded[residue])] = found
+    return boxes, pass_masks
+
+
+def _one_pass_per_position(prober: Prober, per_call: int, done: list[int], probe_passes: int):
+    """The fallback: one pass per output position, exact by construction."""
+    out_shape, in_shape = prober.output_shape, prober.input_shape
     full = tuple(
         (np.zeros(n, int), np.full(n, m - 1)) for n, m in zip(out_shape, in_shape, strict=True)
     )
-    boxes = np.full((*out_shape, ndim, 2), -1, int)
+    boxes = np.full((*out_shape, len(out_shape), 2), -1, int)
     pass_masks = {}
     positions = list(np.ndindex(*out_shape))
     masks = _pull_back(prober, (prober.one_hot(i) for i in positions), per_call, done)
@@ -313,5 +334,13 @@ def support_map(
         if b is not None:
             boxes[index] = b
     return SupportMap(
-        boxes, done[0], probe_passes, tuple(out_shape), mode, in_shape, out_shape, pass_masks, full
+        boxes,
+        done[0],
+        probe_passes,
+        tuple(out_shape),
+        prober.mode,
+        in_shape,
+        out_shape,
+        pass_masks,
+        full,
     )
