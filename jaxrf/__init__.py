@@ -25,10 +25,8 @@ from ._layers import from_layers as from_layers
 from ._probe import ActualReceptiveField as ActualReceptiveField
 from ._probe import NonFiniteGradientError as NonFiniteGradientError
 from ._probe import NonFiniteGradientWarning as NonFiniteGradientWarning
-from ._probe import SupportMap as SupportMap
 from ._probe import actual_receptive_field as actual_receptive_field
 from ._probe import gradient_map as gradient_map
-from ._probe import support_map as support_map
 from ._report import LayerReport as LayerReport
 from ._report import LayerReportRow as LayerReportRow
 from ._report import layer_report as layer_report
@@ -42,6 +40,8 @@ from ._stats import erf_std as erf_std
 from ._stats import luo_size as luo_size
 from ._stats import share_inside as share_inside
 from ._structural import structural_primitives as structural_primitives
+from ._support import SupportMap as SupportMap
+from ._support import support_map as support_map
 from ._table import layer_table as layer_table
 from ._trace import receptive_field as receptive_field
 
