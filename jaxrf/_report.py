@@ -25,7 +25,6 @@ from ._erf import effective_receptive_field
 from ._field import Box, LayerRecord, ReceptiveField, check_index
 from ._probe import actual_receptive_field
 from ._table import _cell, render
-from ._tap import intermediate
 from ._trace import receptive_field
 
 THRESHOLDS = (0.2, 0.3, 0.5, 0.99)
@@ -294,19 +293,29 @@ def _example(inputs):
     return first[:1], rest
 
 
-def _probe_layers(fn, example, inputs, indices: Mapping[str, tuple], erf_options) -> tuple:
-    """Structural boxes and ERFs of one unit per layer, each on the network cut at the layer
-    (:func:`jaxrf._tap.intermediate`): ``({name: box}, {name: map}, count)``."""
-    supports, maps, count = {}, {}, None
+def _probe_layers(fn, example, inputs, indices: Mapping[str, tuple], centres, erf_options):
+    """Structural boxes and ERFs of one unit per layer (``layer=`` taps):
+    ``({name: box}, {name: map}, count)``. Layers probed at their centre share one ERF pass
+    over ``inputs`` (one forward and one backward per layer per sample); every other distinct
+    index needs a pass of its own, so ``inputs`` must then be re-iterable."""
+    supports = {
+        name: actual_receptive_field(fn, example, index, mode="structural", layer=name).box
+        for name, index in indices.items()
+    }
+    groups: dict = {}
     for name, index in indices.items():
-        cut = intermediate(fn, example, [name])
-
-        def truncated(x, cut=cut):
-            return cut(x)[0]
-
-        arf = actual_receptive_field(truncated, example, index, mode="structural")
-        erf = effective_receptive_field(truncated, inputs, index, **erf_options)
-        supports[name], maps[name], count = arf.box, erf.map, erf.count
+        groups.setdefault("center" if index == centres[name] else index, []).append(name)
+    if len(groups) > 1 and iter(inputs) is inputs:
+        raise ValueError(
+            f"`index` asks for {len(groups)} different positions, which take one pass over "
+            "`inputs` each, but `inputs` is a one-shot iterator; give a list of batches or an "
+            "array, or probe every layer at its centre (index=None)."
+        )
+    maps, count = {}, None
+    for index, names in groups.items():
+        erfs = effective_receptive_field(fn, inputs, index, layer=list(names), **erf_options)
+        for name in names:
+            maps[name], count = erfs[name].map, erfs[name].count
     return supports, maps, count
 
 
@@ -326,8 +335,10 @@ def layer_report(
     the input; the unit's structural support box (:func:`jaxrf.actual_receptive_field`,
     ``mode="structural"``); and its effective receptive field over ``inputs``
     (:func:`jaxrf.effective_receptive_field`) summarised as in :class:`LayerReportRow`. Each
-    layer is probed on the network cut after it, so the maps equal those of the network
-    truncated there by hand.
+    layer is probed through the ``layer=`` taps of those functions, equal to probing the
+    network cut after it by hand. The ERF costs one forward pass per sample shared by one
+    backward pass per layer (layers probed at their centre; each other distinct ``index``
+    takes a pass of its own); the structural box costs one structural pull-back per layer.
 
     Args:
         fn: the network, ``x -> y`` with ``x`` shaped ``(batch, *spatial, channels)``.
@@ -352,5 +363,6 @@ def layer_report(
     rf = receptive_field(fn, example)
     names = [layers] if isinstance(layers, str) else list(layers or [r.name for r in rf.layers])
     indices = unit_indices(rf, names, index)
-    supports, maps, count = _probe_layers(fn, example, inputs, indices, erf_options)
+    centres = unit_indices(rf, names)
+    supports, maps, count = _probe_layers(fn, example, inputs, indices, centres, erf_options)
     return assemble_report(rf, indices, supports, maps, thresholds, count)

@@ -242,3 +242,17 @@ def test_layer_report_bad_layer():
 
     with pytest.raises(ValueError, match=r"layer 'conv9' is not a layer of this network"):
         jaxrf.layer_report(_chain, jnp.ones((1, 16, 16, 1)), "conv9")
+
+
+def test_layer_report_one_shot_iterator():
+    import jax.numpy as jnp
+
+    # centre units share one pass: a generator is fine (the chain's conv2 as above)
+    batches = (jnp.ones((1, 16, 16, 1)) for _ in range(3))
+    report = jaxrf.layer_report(_chain, batches, ["conv1", "conv2"])
+    assert report.count == 3
+    assert report.rows[1].luo_size == pytest.approx(math.sqrt(77), rel=1e-12)
+    # two positions need two passes: refused for a one-shot iterator
+    batches = (jnp.ones((1, 16, 16, 1)) for _ in range(3))
+    with pytest.raises(ValueError, match=r"`index` asks for 2 different positions"):
+        jaxrf.layer_report(_chain, batches, ["conv1", "conv2"], {"conv1": (0, 0)})
