@@ -22,6 +22,12 @@ input of ``n`` pixels along an axis:
   floor(max_L r_min^in_a(L)) + 1``. Input sizes at least ``lo_a`` on every axis leave no layer
   unproductive; larger inputs only shrink the set, so the range has no upper end.
 
+rfa-toolbox's ``obtain_border_layers`` returns what is called unproductive here (layers whose
+inputs all cover the input). Its lower end of the input-size range takes only layers with a
+kernel larger than 1 and counts ``n = r_min`` of their input as fine, though its own rule calls
+such a layer unproductive; here every classified layer counts (a 1x1 convolution that reads a
+covering map adds no image content either) and the bound is strict.
+
 Layers every path of which is global (global pooling, attention, dense heads) read the whole
 input at every size and are not classified (rfa-toolbox filters them the same way). Sizes are
 taken from the traced network and assumed independent of the input size, as they are for

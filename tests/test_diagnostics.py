@@ -198,3 +198,37 @@ def test_bad_input_shape():
         jaxrf.resolution_diagnostics(rf, (9, 9))
     with pytest.raises(ValueError, match=r"`input_shape` \(=\(0,\)\) must be the spatial shape"):
         jaxrf.resolution_diagnostics(rf, (0,))
+
+
+@pytest.mark.parametrize(
+    ("name", "right", "unproductive"),
+    [
+        # right branch 1x1 s2: r 1. The add (aligned) has r_min 1, so only left2 (reads 3) is
+        # unproductive at 2x2.
+        ("distill_aligned", 1, ("TwoBranch/left2",)),
+        # right branch 2x2 s2: r 2 (misaligned with left). The add's r_min is 2 >= 2: it reads
+        # only covering maps, so it is unproductive too.
+        ("distill_misaligned", 2, ("TwoBranch/left2", "TwoBranch")),
+    ],
+)
+def test_zoo_two_branch(name, right, unproductive):
+    # Flax, traced. left1 3x3 p1: r 3 (input r 1); left2 1x1 s2: r 3 (input 3); right kxk s2:
+    # r k (input 1); add: r_min min(3, k), r_max 3, input r_min min(3, k).
+    from jaxrf import models
+
+    entry = models.get(name)
+    variables = entry.init()
+    x = jax.ShapeDtypeStruct(entry.small_input_shape, jnp.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", jaxrf.MisalignmentWarning)
+        rf = jaxrf.receptive_field(lambda x: entry.apply(variables, x), x)
+    d = jaxrf.resolution_diagnostics(rf, (2, 2))
+    assert d.names == ("TwoBranch/left1", "TwoBranch/left2", "TwoBranch/right", "TwoBranch")
+    assert [m[0] for m in d.min_size] == [3, 3, right, right]
+    assert [m[0] for m in d.max_size] == [3, 3, right, 3]
+    assert [m[0] for m in d.input_min_size] == [1, 3, 1, right]
+    # 2x2: left1 (r 3) is the first to cover
+    assert (d.border_layer, d.unproductive) == ("TwoBranch/left1", unproductive)
+    # largest input r_min: 3 (left2): none unproductive from 4x4; at the traced 8x8 nothing covers
+    assert d.resolution_range == ((4, None), (4, None))
+    assert jaxrf.resolution_diagnostics(rf).border_layer is None
