@@ -358,6 +358,18 @@ def layer_report(
     Raises:
         ValueError: an unknown layer (the message lists the layers), an index outside a
             layer's map, or empty ``inputs``.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, jaxrf
+        >>> conv = lambda x: jax.lax.conv_general_dilated(
+        ...     x, jnp.ones((3, 1, 1)), (1,), "VALID", dimension_numbers=("NWC", "WIO", "NWC"))
+        >>> report = jaxrf.layer_report(lambda x: conv(conv(x)), jnp.ones((1, 9, 1)))
+        >>> report.columns[5:9]
+        ('RF region', 'support box', 'ERF std', 'Luo size')
+        >>> for row in report.table("csv").splitlines()[1:]:  # ERFs 1,1,1 and 1,2,3,2,1
+        ...     print(row)
+        conv0,3,3,1,0,"[3,5]","[3,5]",0.816,1.73,0.333,0.333,0.333,0.333,1,1
+        conv1,2,5,1,0,"[2,6]","[2,6]",1.15,2.24,0.333,0.333,0.333,0.556,1,1
     """
     example, inputs = _example(inputs)
     rf = receptive_field(fn, example)
