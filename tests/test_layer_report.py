@@ -6,8 +6,10 @@ integer maps; RepLKNet's log10(x + 1) normalised squares).
 
 import math
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax import lax
 
 import jaxrf
 from jaxrf._report import assemble_report, unit_indices, unit_region
@@ -168,9 +170,6 @@ DN = ("NHWC", "HWIO", "NHWC")
 
 
 def _conv(x, stride=1, padding="VALID"):
-    import jax.numpy as jnp
-    from jax import lax
-
     return lax.conv_general_dilated(
         x, jnp.ones((3, 3, 1, 1)), (stride, stride), padding, dimension_numbers=DN
     )
@@ -181,8 +180,6 @@ def _chain(x):
 
 
 def test_layer_report_chain_end_to_end():
-    import jax.numpy as jnp
-
     # 16x16 input. conv0 -> 14x14, r 3: centre 7, region [7, 9]; ERF the 3x3 box (var 2/3).
     # conv1 (s2) -> 6x6, r 5, S 2: centre 3, region [6, 10]; per axis conv1's unit reads
     #   conv0 at 6, 7, 8, each reading [p, p + 2]: profile 1,2,3,2,1 (sum 9, mean 8,
@@ -213,8 +210,6 @@ def test_layer_report_chain_end_to_end():
 
 
 def test_layer_report_residual_layer_and_index():
-    import jax.numpy as jnp
-
     # x + conv1(conv0(x)), SAME, 9x9. add0 at (4, 4): the conv path's map is the outer
     # product of 1,2,3,2,1 on [2, 6], the identity adds 1 at (4, 4): total 81 + 1 = 82. Per
     # axis the conv path's second moment about 4 is 9 (4 + 2 + 0 + 2 + 4) = 108, the identity's
@@ -238,15 +233,11 @@ def test_layer_report_residual_layer_and_index():
 
 
 def test_layer_report_bad_layer():
-    import jax.numpy as jnp
-
     with pytest.raises(ValueError, match=r"layer 'conv9' is not a layer of this network"):
         jaxrf.layer_report(_chain, jnp.ones((1, 16, 16, 1)), "conv9")
 
 
 def test_layer_report_one_shot_iterator():
-    import jax.numpy as jnp
-
     # centre units share one pass: a generator is fine (the chain's conv2 as above)
     batches = (jnp.ones((1, 16, 16, 1)) for _ in range(3))
     report = jaxrf.layer_report(_chain, batches, ["conv1", "conv2"])
@@ -256,3 +247,17 @@ def test_layer_report_one_shot_iterator():
     batches = (jnp.ones((1, 16, 16, 1)) for _ in range(3))
     with pytest.raises(ValueError, match=r"`index` asks for 2 different positions"):
         jaxrf.layer_report(_chain, batches, ["conv1", "conv2"], {"conv1": (0, 0)})
+
+
+def test_layer_row_equals_the_network_cut_by_hand():
+    # conv1 inside x + conv1(conv0(x)) against the last layer of conv1(conv0(x)) alone, on
+    # random inputs: the same unit, so the same row.
+    def cut(x):
+        return _conv(_conv(x, padding="SAME"), padding="SAME")
+
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(3, 11, 11, 1)), jnp.float32)
+    inside = jaxrf.layer_report(lambda x: x + cut(x), x, "conv1", (2, 7)).rows[0]
+    alone = jaxrf.layer_report(cut, x, "conv1", (2, 7)).rows[0]
+    assert inside == alone
+    # r 5, P 2: [0, 4] x [5, 9]
+    assert inside.region == inside.support == ((0, 4), (5, 9))
