@@ -36,7 +36,6 @@ from ._gradient import (
     NonFiniteGradientWarning,
     channel_weight_array,
     check_array,
-    check_choice,
     check_finite,
     check_nonfinite,
     check_reduce,
@@ -256,11 +255,12 @@ MODES = ("measured", "structural")
 
 
 def _check_mode(mode: str) -> str:
-    meaning = (
-        "'measured' (the network as it is, on these inputs) or 'structural' (every dependency "
-        "the program can have, whatever the weights)"
-    )
-    return check_choice("mode", mode, MODES, meaning)
+    if mode not in MODES:
+        raise ValueError(
+            f"`mode` (={mode!r}) must be 'measured' (the network as it is, on these inputs) or "
+            "'structural' (every dependency the program can have, whatever the weights)."
+        )
+    return mode
 
 
 PROBE_OPTIONS = (
