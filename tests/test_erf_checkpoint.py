@@ -190,3 +190,9 @@ def test_skip_leaves_nan_pixels_out_of_the_measured_mask():
         warned = jaxrf.actual_receptive_field(fn, x, (2,), nonfinite="warn")
     assert warned.box == ((2, 2),)  # pixel 1 (inf) is not in the mask; pixel 2 (1/2) is
     assert jaxrf.actual_receptive_field(fn, x, (2,), nonfinite="skip").box == ((2, 2),)
+
+
+def test_a_stream_that_changes_shape_names_the_batch():
+    stream = [jnp.ones((2, 5, 1)), jnp.ones((2, 5, 1)), jnp.ones((1, 6, 1))]
+    with pytest.raises(ValueError, match=r"batch 2 of `inputs` has sample shape \(6, 1\), but"):
+        jaxrf.effective_receptive_field(lambda x: x, stream, (0,))
