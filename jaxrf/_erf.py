@@ -486,6 +486,7 @@ def _accumulate(o: dict, plan: _Plan, draw_batches: Callable, progress: Progress
             skip = progress.batch
             for number, xb in enumerate(draw_batches(progress.draw)):
                 if number < skip:  # consumed before the checkpoint this run resumes
+                    bar.update(1)
                     continue
                 _check_batch(xb, number, plan.sample)
                 xs, valid = _put(mesh, n_devices, xb, np.ones(xb.shape[0], bool))

@@ -112,13 +112,18 @@ def check_not_empty(shape: Sequence[int], argument: str) -> None:
         )
 
 
+def check_choice(name: str, value, choices: Sequence[str], meaning: str) -> str:
+    """``value`` if it is one of ``choices``, else a ValueError naming both and ``meaning``."""
+    if value not in choices:
+        raise ValueError(f"`{name}` (={value!r}) must be one of {tuple(choices)}: {meaning}.")
+    return value
+
+
 def check_reduce(reduce: str) -> str:
-    if reduce not in REDUCTIONS:
-        raise ValueError(
-            f"`reduce` (={reduce!r}) must be one of {REDUCTIONS}: how input channels are combined "
-            "(sum of |g|, sum of g, sum of max(g, 0), sum of g**2)."
-        )
-    return reduce
+    meaning = (
+        "how input channels are combined (sum of |g|, sum of g, sum of max(g, 0), sum of g**2)"
+    )
+    return check_choice("reduce", reduce, REDUCTIONS, meaning)
 
 
 def check_finite(values: np.ndarray, what: str, nonfinite: str) -> None:

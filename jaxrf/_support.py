@@ -188,17 +188,17 @@ def support_map(
     x,
     *,
     mode: str = "structural",
+    max_refinements: int = 4,
+    seeds_per_call: int | None = None,
+    layer: str | None = None,
+    spatial_axes=None,
+    output_spatial_axes=None,
     channel=None,
     channel_weights=None,
     key=None,
     per_channel: bool = False,
-    spatial_axes=None,
-    output_spatial_axes=None,
     nonfinite: str = "raise",
     unknown: str = "raise",
-    layer: str | None = None,
-    max_refinements: int = 4,
-    seeds_per_call: int | None = None,
 ) -> SupportMap:
     """The support of every output position at once, with few backward passes.
 
