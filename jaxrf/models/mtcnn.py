@@ -1,4 +1,4 @@
-"""MTCNN's three networks (Zhang et al. 2016) in Flax, with the trained weights of the ``mtcnn`` wheel.
+"""MTCNN's three networks (Zhang et al. 2016) in Flax, with the `mtcnn` wheel's trained weights.
 
 K. Zhang, Z. Zhang, Z. Li, Y. Qiao, "Joint Face Detection and Alignment Using Multitask Cascaded
 Convolutional Networks", IEEE Signal Processing Letters 23(10), 2016. The layer order, kernel
