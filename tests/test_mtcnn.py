@@ -107,3 +107,20 @@ def test_missing_wheel_names_the_extra(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ModuleNotFoundError, match=r"jaxrf\[images\]"):
         mtcnn.weights_path("pnet")
+
+
+def test_experiment_measures_one_network(monkeypatch):
+    # Smoke test of experiments/erf_trained_vs_random.py on 4 LFW faces: P-Net's unit reads the
+    # whole 12x12 input (RF 12, hand-derived), so its ERF lies inside it and the Luo size is at
+    # most 12; the trained P-Net calls these faces faces.
+    import pathlib
+    import sys
+
+    monkeypatch.syspath_prepend(str(pathlib.Path(__file__).parents[1] / "experiments"))
+    sys.modules.pop("erf_trained_vs_random", None)
+    import erf_trained_vs_random as experiment
+
+    faces = experiment.image_sets(quick=True)["faces"][:4]
+    row, erf_map = experiment.measure("pnet", True, faces)
+    assert erf_map.shape == (12, 12) and row["rf_size"] == 12
+    assert 0 < row["luo_size"] <= 12 and row["mean_face_probability"] > 0.5

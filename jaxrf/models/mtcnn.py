@@ -232,30 +232,41 @@ def _shapes(name: str):
     return jax.tree.map(lambda a: a.shape, variables["params"])
 
 
+def mtcnn_variables(name: str, trained: bool = True, key=None) -> dict:
+    """Variables ``{"params": ...}`` of ``MODULES[name]``: the wheel's trained ones, or random.
+
+    Args:
+        name: ``"pnet"``, ``"rnet"`` or ``"onet"``.
+        trained: False: He-normal kernels (std ``sqrt(2 / fan_in)``), zero biases and PReLU
+            slopes 0 (a ReLU, Keras' initial slope), drawn from ``key`` (default
+            ``jax.random.key(0)``), as the rest of the zoo is initialised.
+        key: random key for ``trained=False``.
+    """
+    _check_name(name)
+    if trained:
+        return mtcnn_params(name)
+    from . import _fill  # the zoo's He-normal filler
+
+    size = NATIVE_SIZE[name]
+    x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+    shapes = jax.eval_shape(MODULES[name](output="logits").init, jax.random.key(0), x)
+    return _fill(shapes, jax.random.key(0) if key is None else key)
+
+
 def mtcnn_net(name: str, output: str = "face", trained: bool = True, key=None) -> Callable:
     """``x -> y`` for P-Net / R-Net / O-Net with the wheel's trained weights closed over.
 
     Args:
         name: ``"pnet"``, ``"rnet"`` or ``"onet"``.
         output: ``"features"``, ``"logits"``, ``"face"`` or ``"bbox"`` (see :class:`PNet`).
-        trained: False: the same architecture with He-normal random weights and zero biases,
-            PReLU slopes 0 (drawn from ``key``, default ``jax.random.key(0)``).
+        trained: False: the same architecture with random weights (see :func:`mtcnn_variables`).
         key: random key for ``trained=False``.
 
     Returns:
         a function from normalised NHWC RGB images (``(x - 127.5) / 128``) to the output.
     """
-    _check_name(name)
+    variables = mtcnn_variables(name, trained, key)
     module = MODULES[name](output=output)
-    if trained:
-        variables = mtcnn_params(name)
-    else:
-        from . import _fill  # the zoo's He-normal filler
-
-        size = NATIVE_SIZE[name]
-        x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
-        shapes = jax.eval_shape(MODULES[name](output="logits").init, jax.random.key(0), x)
-        variables = _fill(shapes, jax.random.key(0) if key is None else key)
     return lambda x: module.apply(variables, x)
 
 
