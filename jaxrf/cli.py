@@ -236,7 +236,10 @@ class _Images:
             raise CommandLineError(f"--images: {error}") from None
 
     def array(self):
-        return __import__("numpy").concatenate(list(self))
+        """All images at once, ``(N, H, W, C)``."""
+        import numpy as np
+
+        return np.concatenate(list(self))
 
 
 def image_stream(args: argparse.Namespace, shape: tuple[int, ...], convert: bool = False):
