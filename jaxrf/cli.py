@@ -507,26 +507,30 @@ def _erf(args: argparse.Namespace) -> int:
 
 
 def _layers(args: argparse.Namespace) -> int:
-    """``jaxrf layers``: the per-layer report of ``jaxrf.layer_report`` in the chosen format."""
+    """``jaxrf layers``: ``jaxrf.layer_report`` (theory, structural box, ERF per layer)."""
     import jaxrf
 
     if not hasattr(jaxrf, "layer_report"):
         raise CommandLineError("`jaxrf layers` needs jaxrf.layer_report, which this jaxrf lacks.")
     target = load_target(args.target, parse_shape(args.input_shape), args.seed)
     inputs, shape, used = erf_inputs(args, target)
-    index = "center" if args.index is None else parse_shape(args.index, "--index")
-    table = jaxrf.layer_report(target.fn, inputs, layers=args.layer, index=index, fmt=args.format)
+    index = None if args.index is None else parse_shape(args.index, "--index")
+    try:
+        report = jaxrf.layer_report(target.fn, inputs, layers=args.layer, index=index)
+    except ValueError as error:  # an unknown layer or a bad index, named in the message
+        raise CommandLineError(f"layer report: {error}") from None
     if args.format == "text":
         print(f"{target.name} at input {_shape(shape)}, random weights (seed {args.seed})")
         print(used)
-    else:
-        print(f"{used}", file=sys.stderr)
-    print(table, end="" if str(table).endswith("\n") else "\n")
+    else:  # keep stdout a clean table; say which images on stderr
+        print(used, file=sys.stderr)
+    table = report.table(args.format)
+    print(table, end="" if table.endswith("\n") else "\n")
     return 0
 
 
 def _report(args: argparse.Namespace) -> int:
-    from ._report import run_report
+    from ._cli_report import run_report
 
     return run_report(args)
 
@@ -583,7 +587,7 @@ def _add_layers_command(sub) -> None:
 
 
 def _add_report_command(sub) -> None:
-    from ._report import REPORT_MODEL, REPORT_SIZE, add_report_arguments
+    from ._cli_report import REPORT_MODEL, REPORT_SIZE, add_report_arguments
 
     report = sub.add_parser(
         "report",
