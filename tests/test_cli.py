@@ -7,6 +7,7 @@ variance is n (k^2 - 1) / 12 = 2 * 8 / 12 (std 1.15) and whose 25 pixels all exc
 threshold (4.55% of the centre value 9): Luo size sqrt(25) = 5.
 """
 
+import csv
 import inspect
 import re
 import textwrap
@@ -236,8 +237,26 @@ def test_erf_at_a_named_layer_on_a_folder(tmp_path, capsys):
 
 @pytest.mark.skipif(not hasattr(jaxrf, "layer_report"), reason="needs jaxrf.layer_report")
 def test_layers_command_on_a_bundled_photo(capsys):
+    # VGG-16 at 32x32 (Araujo et al.'s rows conv1/conv1_1 3/1/1 and conv2/conv2_1 10/2/4):
+    # centre unit 16 of conv1_1 reads [16 - 1, 16 + 1] = [15, 17]; unit 8 of conv2_1 (16x16
+    # map) reads [2 * 8 - 4, + 9] = [12, 21]; the structural box is the same.
     argv = ["layers", "vgg_16", "--images", PHOTO, "--size", "32", "--format", "csv"]
-    assert cli.main([*argv, "--layer", "VGG16/conv1_1", "--layer", "VGG16/conv2_1"]) == 0
+    argv += ["--layer", "VGG16/conv1_1/conv", "--layer", "VGG16/conv2_1/conv"]
+    assert cli.main(argv) == 0
     captured = capsys.readouterr()
     assert "grace_hopper.jpg" in captured.err
-    assert len(captured.out.strip().splitlines()) >= 3  # a header and the two layers
+    rows = list(csv.DictReader(captured.out.strip().splitlines()))
+    assert [r["name"] for r in rows] == ["VGG16/conv1_1/conv", "VGG16/conv2_1/conv"]
+    first, second = rows
+    assert (first["RF size"], first["effective stride"], first["effective padding"]) == (
+        "3",
+        "1",
+        "1",
+    )
+    assert first["RF region"] == first["support box"] == "[15,17]x[15,17]"
+    assert (second["RF size"], second["effective stride"], second["effective padding"]) == (
+        "10",
+        "2",
+        "4",
+    )
+    assert second["RF region"] == second["support box"] == "[12,21]x[12,21]"
