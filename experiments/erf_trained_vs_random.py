@@ -126,6 +126,29 @@ def measure(name: str, trained: bool, images: np.ndarray) -> tuple[dict, np.ndar
     return row, np.asarray(erf.map)
 
 
+def finding(rows: list[dict]) -> str:
+    """The README's one-line finding, from the CSV rows (strings)."""
+
+    def get(name, weights, images, key):
+        for r in rows:
+            if (r["network"], r["images"]) == (name, images) and r["weights"].startswith(weights):
+                return float(r[key])
+        return float("nan")
+
+    dy = [get("pnet", w, "faces", "centroid_dy") for w in ("trained", "He")]
+    area = [get("pnet", w, "faces", "area_ratio_50") for w in ("trained", "He")]
+    parts = [
+        f"P-Net face logit on LFW faces: ERF centroid {dy[0]:+.1f} px vertically trained vs "
+        f"{dy[1]:+.1f} random, 50% area ratio {area[0]:.2f} vs {area[1]:.2f} (RF 12)"
+    ]
+    for name in ("rnet", "onet"):
+        parts.append(
+            f"{name} trunk ERF std {get(name, 'trained', 'faces', 'erf_std_y'):.2f} trained vs "
+            f"{get(name, 'He', 'faces', 'erf_std_y'):.2f} px random (RF {RF_SIZE[name]})"
+        )
+    return "; ".join(parts) + " (trained weights: mtcnn wheel; images: LFW subset, scikit-image)"
+
+
 def plot(maps: dict, rows: list[dict], meta: dict, out) -> None:
     """3 rows (networks) x 6 columns (trained / random x image sets) of normalised ERF maps."""
     sets = list(dict.fromkeys(r["images"] for r in rows))
