@@ -4,7 +4,8 @@ For each stage output of a zoo network (default: TF-Slim ResNet-50 v1 at 224x224
 the report prints
 
 * the traced size / stride / padding against the published row of Araujo et al.'s table
-  (Distill 2019, "Computing Receptive Fields of Convolutional Neural Networks", input 224);
+  (Distill 2019, "Computing Receptive Fields of Convolutional Neural Networks") at that input
+  size, where the table has one;
 * the clipped theoretical region of one unit against the structural support box measured by
   back-propagation (they must be equal). The unit is the stage's centre unit, or its corner
   unit ``(0, 0)`` where the centre unit's region already covers the whole image, so that every
@@ -34,18 +35,43 @@ STAGES = {
     "resnet50_torchvision": ("layer1_2", "layer2_3", "layer3_5"),
 }
 
-#: Published ``(size, stride, padding, end point)`` of stage outputs at input 224: rows of Araujo
-#: et al.'s table (Distill 2019; google-research/receptive_field). Hook: when jaxrf ships that
-#: table with a loader, read these rows from it instead.
-PUBLISHED = {
-    ("resnet_v1_50", "block1_unit3"): (35, 8, 15, "resnet_v1_50/block1"),
-    ("resnet_v1_50", "block2_unit4"): (99, 16, 47, "resnet_v1_50/block2"),
-    ("resnet_v1_50", "block3_unit6"): (291, 32, 143, "resnet_v1_50/block3"),
-    ("resnet_v1_101", "block1_unit3"): (35, 8, 15, "resnet_v1_101/block1"),
-    ("resnet_v1_101", "block2_unit4"): (99, 16, 47, "resnet_v1_101/block2"),
-    ("resnet_v1_101", "block3_unit23"): (835, 32, 415, "resnet_v1_101/block3"),
+#: The end point of Araujo et al.'s table (Distill 2019) that each stage output is.
+END_POINTS = {
+    ("resnet_v1_50", "block1_unit3"): "resnet_v1_50/block1",
+    ("resnet_v1_50", "block2_unit4"): "resnet_v1_50/block2",
+    ("resnet_v1_50", "block3_unit6"): "resnet_v1_50/block3",
+    ("resnet_v1_101", "block1_unit3"): "resnet_v1_101/block1",
+    ("resnet_v1_101", "block2_unit4"): "resnet_v1_101/block2",
+    ("resnet_v1_101", "block3_unit23"): "resnet_v1_101/block3",
 }
-ARAUJO = "Araujo et al. 2019 table, {} at 224"
+#: Those rows at input 224 (rf, effective stride, effective padding), typed from the table, for
+#: a jaxrf without the shipped table (``jaxrf.models.araujo_row``); delete once it ships.
+_TYPED_224 = {
+    "resnet_v1_50/block1": (35, 8, 15),
+    "resnet_v1_50/block2": (99, 16, 47),
+    "resnet_v1_50/block3": (291, 32, 143),
+    "resnet_v1_101/block1": (35, 8, 15),
+    "resnet_v1_101/block2": (99, 16, 47),
+    "resnet_v1_101/block3": (835, 32, 415),
+}
+
+
+def published(model: str, stage: str | None, input_size: int) -> tuple | None:
+    """Araujo et al.'s ``(rf, stride, padding, source)`` for a stage at a square input, or None."""
+    end_point = END_POINTS.get((model, stage))
+    if end_point is None:
+        return None
+    try:
+        from .models import araujo_row  # the table shipped inside jaxrf
+    except ImportError:
+        row = _TYPED_224.get(end_point) if input_size == 224 else None
+        source = f"Araujo et al., Distill 2019, receptive-field table: {end_point}, input 224"
+        return None if row is None else (*row, source)
+    try:
+        row = araujo_row(model, end_point, input_size)
+    except ValueError:  # no row at this input size
+        return None
+    return row.rf, row.effective_stride, row.effective_padding, row.source
 
 
 def photograph() -> str:
@@ -145,10 +171,9 @@ def measure(target, stage: str | None, images, shape, steps) -> Stage:
     steps.set_postfix_str(f"{label}: ERF")
     erf = jaxrf.effective_receptive_field(fn, images, index, progress=False)
     steps.update()
-    published = None
-    if tuple(shape[1:3]) == (224, 224):
-        published = PUBLISHED.get((target.name, stage))
-    return Stage(stage, rf, index, unit, rf.region(index, clip=True), box, erf, published)
+    square = shape[1] if shape[1] == shape[2] else None
+    row = published(target.name, stage, square)
+    return Stage(stage, rf, index, unit, rf.region(index, clip=True), box, erf, row)
 
 
 def _reference_row(target):
@@ -180,8 +205,8 @@ def _stage_rows(s: Stage, shape) -> list[tuple[str, str, str, str]]:
     if s.published is None:
         rows.append((f"{label}: size / stride / padding", theory, "", ""))
     else:
-        size, stride, padding, end_point = s.published
-        want = f"{size} / {stride} / {padding} ({ARAUJO.format(end_point)})"
+        size, stride, padding, source = s.published
+        want = f"{size} / {stride} / {padding} ({source})"
         got = (s.rf.size, s.rf.stride, s.rf.padding)
         ok = got == ((size,) * 2, (stride,) * 2, (padding,) * 2)
         rows.append((f"{label}: size / stride / padding", theory, want, _verdict(ok)))

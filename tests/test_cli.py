@@ -260,3 +260,17 @@ def test_layers_command_on_a_bundled_photo(capsys):
         "4",
     )
     assert second["RF region"] == second["support box"] == "[12,21]x[12,21]"
+
+
+def test_report_stages_have_araujo_rows():
+    # Araujo et al., Distill 2019, receptive-field table, input 224: resnet_v1_50/block1 35/8/15,
+    # block2 99/16/47, block3 291/32/143; nothing for a stage that is no end point of the table.
+    from jaxrf import _cli_report
+
+    got = [
+        _cli_report.published("resnet_v1_50", s, 224)[:3]
+        for s in _cli_report.STAGES["resnet_v1_50"]
+    ]
+    assert got == [(35, 8, 15), (99, 16, 47), (291, 32, 143)]
+    assert _cli_report.published("resnet_v1_50", "block1_unit1", 224) is None
+    assert _cli_report.published("luo_uniform", None, 32) is None
