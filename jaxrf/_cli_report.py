@@ -115,7 +115,7 @@ def tap(target, stage: str | None):
     """The zoo network truncated at Flax module path ``stage`` (``"a/b"``); None: whole net.
 
     Raises:
-        CommandLineError: ``stage`` is not a module path of the network.
+        CommandLineError: ``stage`` is not the path of a module with parameters.
     """
     from .cli import CommandLineError
 
@@ -123,6 +123,15 @@ def tap(target, stage: str | None):
         return target.fn
     path = tuple(stage.split("/"))
     module, variables = target.module, target.variables
+    node = variables.get("params", {}) if variables is not None else {}
+    for depth, key in enumerate(path):
+        if key not in node:
+            where = "/".join(path[:depth]) or "the top"
+            raise CommandLineError(
+                f"--stage (={stage!r}) is not a module path of {target.name}; below {where} "
+                f"its modules are {', '.join(k for k in node if isinstance(node[k], dict))}."
+            )
+        node = node[key]
 
     def fn(x):
         _, state = module.apply(
@@ -133,11 +142,6 @@ def tap(target, stage: str | None):
         )
         node = state["intermediates"]
         for key in path:
-            if key not in node:
-                raise CommandLineError(
-                    f"--stage (={stage!r}) is not a module path of {target.name}; at "
-                    f"{key!r} the choices are {', '.join(node)}."
-                )
             node = node[key]
         return node["__call__"][0]
 
@@ -153,8 +157,9 @@ def choose_unit(rf) -> tuple[tuple[int, ...], str]:
     return (0,) * len(centre), "corner"
 
 
-def measure(target, stage: str | None, images, shape, steps) -> Stage:
-    """Theory, structural support and ERF of one stage's unit (``steps``: a tqdm bar)."""
+def measure(target, stage: str | None, fn, images, shape, steps) -> Stage:
+    """Theory, structural support and ERF of one stage's unit (``fn``: the network cut at the
+    stage; ``steps``: a tqdm bar)."""
     import jax.numpy as jnp
 
     import jaxrf
@@ -162,7 +167,6 @@ def measure(target, stage: str | None, images, shape, steps) -> Stage:
     from .cli import _spec
 
     label = stage or target.name
-    fn = tap(target, stage)
     steps.set_postfix_str(f"{label}: theory")
     rf = jaxrf.receptive_field(fn, _spec(shape))
     index, unit = choose_unit(rf)
@@ -320,9 +324,11 @@ def run_report(args: argparse.Namespace) -> int:
     )
     images = _Images(stream).array()
     names = args.stage or STAGES.get(target.name, (None,))
-    steps = tqdm(total=len(names), desc="report", unit="stage", file=sys.stderr)
-    stages = [measure(target, name, images, shape, steps) for name in names]
-    steps.close()
+    fns = [tap(target, name) for name in names]  # checks every --stage before the work starts
+    with tqdm(total=len(names), desc="report", unit="stage", file=sys.stderr) as steps:
+        stages = [
+            measure(target, n, f, images, shape, steps) for n, f in zip(names, fns, strict=True)
+        ]
     reference = _reference_row(target)
     rows = ([reference] if reference else []) + [r for s in stages for r in _stage_rows(s, shape)]
     ok = _print_table(rows)

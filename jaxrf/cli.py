@@ -628,5 +628,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.exit(2, f"jaxrf: error: {error}\n")
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # run the imported module, whose error class the helpers raise
+    from jaxrf.cli import main as _main
+
+    sys.exit(_main())

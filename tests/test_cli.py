@@ -101,8 +101,13 @@ def test_erf_writes_a_heatmap_and_the_closed_form_statistics(user_file, tmp_path
         (["analyze", "json:nope"], r"'json' has no attribute 'nope'"),
         (["analyze", "luo_uniform", "--input-shape", "1,2,x"], r"--input-shape \(='1,2,x'\)"),
         (["analyze", "luo_uniform", "--input-shape", "1,32,32"], r"H,W or the full NHWC shape"),
+        (
+            ["report", "resnet_v1_50", "--input-size", "32", "--stage", "block1_unit3/x"],
+            r"--stage \(='block1_unit3/x'\) is not a module path .* are conv1, conv2, conv3\.",
+        ),
     ],
-    ids=["unknown zoo name", "missing file", "missing attribute", "bad shape", "wrong rank"],
+    ids=["unknown zoo name", "missing file", "missing attribute", "bad shape", "wrong rank"]
+    + ["bad stage"],
 )
 def test_errors_exit_2_with_a_message(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
