@@ -124,3 +124,29 @@ def test_experiment_measures_one_network(monkeypatch):
     row, erf_map = experiment.measure("pnet", True, faces)
     assert erf_map.shape == (12, 12) and row["rf_size"] == 12
     assert 0 < row["luo_size"] <= 12 and row["mean_face_probability"] > 0.5
+
+
+# Boxes (left, top, right, bottom) in matplotlib's grace_hopper.jpg (512 wide, 600 high), read
+# off the photograph: her face from below the cap to the chin, and three patches without a face.
+GRACE_HOPPER = {
+    "face": (160, 140, 360, 340),
+    "sky": (390, 180, 510, 300),
+    "jacket": (330, 420, 480, 570),
+    "flag": (0, 0, 140, 140),
+}
+
+
+@pytest.mark.parametrize("name", ["pnet", "rnet", "onet"])
+def test_face_decisions_on_the_bundled_photograph(name):
+    import matplotlib.cbook
+    from PIL import Image
+
+    photo = Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+    side = mtcnn.NATIVE_SIZE[name]
+    crops = [
+        photo.convert("RGB").crop(box).resize((side, side), Image.BILINEAR)
+        for box in GRACE_HOPPER.values()
+    ]
+    x = mtcnn.normalise(np.stack([np.asarray(c) for c in crops]))
+    face = np.asarray(mtcnn.mtcnn_net(name, "face")(x)).reshape(len(crops), 2)[:, 1]
+    assert face[0] > 0.9 and (face[1:] < 0.5).all(), dict(zip(GRACE_HOPPER, face, strict=True))
