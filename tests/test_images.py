@@ -112,3 +112,12 @@ def test_bad_arguments(kwargs, message):
 def test_empty_folder(tmp_path):
     with pytest.raises(ValueError, match=r"holds no \.png/\.jpg/\.jpeg file"):
         jaxrf.load_images(tmp_path)
+
+
+def test_exact_size(folder):
+    stream = jaxrf.load_images(folder / "rgb_a.png", size=(10, 20))
+    assert stream.array().shape == (1, 10, 20, 3)
+    # B = 255 everywhere survives bilinear resizing exactly.
+    np.testing.assert_allclose(stream.array()[..., 2], 1.0, atol=1e-6)
+    with pytest.raises(ValueError, match=r"`size` \(=\(10, 0\)\) must be a positive int"):
+        jaxrf.load_images(folder, size=(10, 0))
