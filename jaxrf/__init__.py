@@ -18,6 +18,9 @@ from ._field import LayerRecord as LayerRecord
 from ._field import MisalignmentWarning as MisalignmentWarning
 from ._field import Path as Path
 from ._field import ReceptiveField as ReceptiveField
+from ._images import ImageStream as ImageStream
+from ._images import image_paths as image_paths
+from ._images import load_images as load_images
 from ._layers import Global as Global
 from ._layers import Layer as Layer
 from ._layers import Parallel as Parallel
