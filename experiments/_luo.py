@@ -121,3 +121,65 @@ def plot_grid(maps: dict, rows: list[dict], meta: dict, out, caption: str, annot
                 ax.set_ylabel(label, fontsize=10)
     _common.footer(fig, meta, caption)
     fig.savefig(out, dpi=130)
+
+
+def compute(settings, depths, draws, inputs, row) -> tuple[list[dict], dict[str, np.ndarray]]:
+    """ERF maps of every (setting, depth) and one CSV row each.
+
+    ``settings`` maps a label to ``(weights, nonlinearity)``; ``row(base, m, weights)`` turns
+    the common columns ``base`` (setting, depth, sizes, Luo size, std, ratio) and the map ``m``
+    into the figure's CSV row.
+    """
+    from tqdm.auto import tqdm
+
+    rows, maps = [], {}
+    jobs = [(label, d) for label in settings for d in depths]
+    for label, depth in tqdm(jobs, desc="Luo stacks", unit="net"):
+        weights, nonlinearity = settings[label]
+        m = measure(depth, weights, nonlinearity, draws=draws, inputs_per_draw=inputs)
+        maps[f"{label}|{depth}"] = m
+        rf_size = 2 * depth + 1  # Distill: 1 + n (k - 1)
+        luo = jaxrf.luo_size(m)
+        base = {
+            "setting": label,
+            "nonlinearity": nonlinearity,
+            "depth": depth,
+            "input_size": m.shape[0],
+            "theoretical_rf": rf_size,
+            "luo_size": round(luo.size, 4),
+            "luo_count": luo.count,
+            "erf_std": round(float(np.mean(jaxrf.erf_std(m))), 4),
+            "luo_size_over_rf": round(luo.size / rf_size, 4),
+            "samples": draws * inputs if weights == "random" else inputs,
+        }
+        rows.append(row(base, m, weights))
+    return rows, maps
+
+
+def run_figure(doc: str, argv, figure: dict) -> tuple[dict, list[dict]]:
+    """The shared body of luo_fig1 / luo_fig2: measure (unless ``--plot-only``), write, plot.
+
+    ``figure`` holds ``stem``, ``settings``, ``depths``, ``quick_depths``, ``draws``,
+    ``inputs``, ``row`` (see :func:`compute`), ``reproduces``, ``notes`` (CSV notes),
+    ``caption`` and ``annotate`` (for :func:`plot_grid`). Writes ``results/STEM.csv``,
+    ``STEM.npz`` (maps normalised to their max: deep random stacks have gradients near 1e-20)
+    and ``STEM.png``; returns the CSV's metadata and rows.
+    """
+    args = _common.parse_args(doc, argv)
+    stem = figure["stem"]
+    csv_path = args.out_dir / f"{stem}.csv"
+    npz_path = args.out_dir / f"{stem}.npz"
+    if not args.plot_only:
+        depths = figure["quick_depths"] if args.quick else figure["depths"]
+        draws, inputs = (2, 1) if args.quick else (figure["draws"], figure["inputs"])
+        rows, maps = compute(figure["settings"], depths, draws, inputs, figure["row"])
+        _common.write_csv(csv_path, rows, figure["script"], figure["reproduces"], figure["notes"])
+        np.savez_compressed(
+            npz_path, **{k: (v / v.max()).astype(np.float32) for k, v in maps.items()}
+        )
+    meta, rows = _common.read_csv(csv_path)
+    maps = {k: v.astype(np.float64) for k, v in np.load(npz_path).items()}
+    out = args.out_dir / f"{stem}.png"
+    plot_grid(maps, rows, meta, out, figure["caption"], annotate=figure["annotate"])
+    print(f"wrote {csv_path}, {npz_path.name} and {stem}.png")
+    return meta, rows
