@@ -54,11 +54,11 @@ def compute() -> tuple[list[dict], dict]:
                     "size": r,
                     "padding": P,
                     "start_0indexed": str(start),
-                    "start_seed000_convention": str(start + Fraction(1, 2)),
-                    "seed000_n": post[0],
-                    "seed000_jump": post[1],
-                    "seed000_size": post[2],
-                    "seed000_start": str(post[3]),
+                    "start_post_convention": str(start + Fraction(1, 2)),
+                    "post_n": post[0],
+                    "post_jump": post[1],
+                    "post_size": post[2],
+                    "post_start": str(post[3]),
                     "agree": (rec.output_shape[0], S, r, start + Fraction(1, 2)) == post,
                 }
             )
