@@ -1,7 +1,9 @@
 """The per-axis algebra (jaxrf._axis): hand-derived cases and property tests.
 
-Expected values are derived by hand in the comments (Distill eqs. (1)-(2) and seed 000's forward
-form), never by running the code under test.
+Expected values are derived by hand in the comments (Distill eqs. (1)-(2) and Dang Ha The Hien's
+forward recurrence), never by running the code under test. The property tests compare with a
+literal enumeration written here (:func:`_spread_reads`), not with jaxrf's own ``Window``
+methods.
 """
 
 from fractions import Fraction
@@ -27,6 +29,27 @@ from jaxrf._axis import (
 )
 
 # -- one layer -----------------------------------------------------------------------------
+
+
+def _spread_reads(w: Window, n: int) -> list[set[int]]:
+    """Which input features each output reads, written out from the textbook definition.
+
+    Build the layer's input row as a list: the ``n`` features with ``D - 1`` holes (``None``)
+    between neighbours, ``p`` padding cells before and ``q`` after (negative: crop). Slide the
+    kernel's ``k`` taps, ``d`` cells apart, by ``s`` cells while the last tap stays in the row.
+    """
+    D, (p, q) = w.input_dilation, w.padding
+    row = []
+    for j in range(n):
+        row += [None] * (D - 1 if j else 0) + [j]
+    row = [None] * max(p, 0) + row + [None] * max(q, 0)
+    row = row[max(-p, 0) : len(row) - max(-q, 0)]
+    reads = []
+    while w.stride * len(reads) + w.dilation * (w.kernel - 1) < len(row):
+        start = w.stride * len(reads)
+        reads.append({row[start + w.dilation * t] for t in range(w.kernel)} - {None})
+    return reads
+
 
 # (window, input size, output size, derivation)
 OUTPUT_SIZE_CASES = [
@@ -156,11 +179,11 @@ def test_three_forms_agree(chain, n):
     fwd = forward_form(chain, n)
     assert fwd.size == r
     assert fwd.jump == S
-    # seed 000's start is the 1-based centre of output 0: (r - 1)/2 - P in 0-based terms, + 1/2
+    # the post's start is the 1-based centre of output 0: (r - 1)/2 - P in 0-based terms, + 1/2
     assert fwd.start == Fraction(r - 1, 1) / 2 - P + Fraction(1, 2)
     m = n
     for w in chain:
-        m = w.output_size(m)
+        m = len(_spread_reads(w, m))
     assert fwd.n == m
 
 
@@ -171,9 +194,20 @@ def test_compose_window_equals_set_union(w, n, rows):
     rng = np.random.default_rng(n * 1000 + rows)
     dep = rng.random((n, rows)) < 0.2
     out = compose_window(w, dep)
-    assert out.shape == (w.output_size(n), rows)
-    for i in range(out.shape[0]):
+    reads = _spread_reads(w, n)
+    assert out.shape == (len(reads), rows)
+    for i, features in enumerate(reads):
         expected = set()
-        for j in w.reads(i, n):
+        for j in features:
             expected |= set(np.flatnonzero(dep[j]).tolist())
         assert set(np.flatnonzero(out[i]).tolist()) == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(w=windows, n=st.integers(1, 40))
+def test_window_relation_and_reads_equal_the_enumeration(w, n):
+    reads = _spread_reads(w, n)
+    assert w.output_size(n) == len(reads)
+    rel = window_relation(w, n)
+    assert [set(np.flatnonzero(r).tolist()) for r in rel] == reads
+    assert [set(w.reads(i, n)) for i in range(len(reads))] == reads

@@ -215,7 +215,7 @@ def test_alignment_regions_axis_error():
 
 
 def test_fixed_size_feature_map_of_seed_000(pyplot_untouched):
-    # Seed 000 (Dang Ha The Hien), 5x5 input, two 3x3 stride-2 pad-1 convs. Layer 2: n = 2,
+    # Dang Ha The Hien's post, 5x5 input, two 3x3 stride-2 pad-1 convs. Layer 2: n = 2,
     # j = 4, r = 3 + 2*2 = 7, start (0-indexed) = -P + (r-1)/2 = -3 + 3 = 0: centres 0 and 4.
     rf = jaxrf.from_layers([Layer(3, stride=2, padding=1)] * 2, (5, 5))
     ax = jplot.fixed_size_feature_map(_ax(), rf.layers[1], (5, 5), box_index=(1, 0))
