@@ -25,45 +25,49 @@ SETTINGS = {  # label: (weights, nonlinearity)
     "random + ReLU": ("random", "relu"),
 }
 
+COLUMNS = (
+    "setting",
+    "depth",
+    "input_size",
+    "theoretical_rf",
+    "luo_size",
+    "luo_count",
+    "erf_std",
+    "closed_form_std",
+    "luo_size_over_rf",
+    "closed_form_max_abs_diff",
+    "samples",
+)
 
-def row(base: dict, m: np.ndarray, weights: str) -> dict:
-    """Fig. 1's CSV row: the common columns plus the uniform case's closed form."""
-    out = {k: v for k, v in base.items() if k != "nonlinearity"}
-    samples = out.pop("samples")
-    out["closed_form_std"] = round(_luo.uniform_std(base["depth"]), 4)
-    out["luo_size_over_rf"] = out.pop("luo_size_over_rf")
-    out["closed_form_max_abs_diff"] = ""
+
+def closed_form(depth: int, m: np.ndarray, weights: str) -> dict:
+    """The uniform case's closed form (n-fold box convolution) and the map's distance to it."""
+    diff = ""
     if weights == "uniform":
-        exact = _luo.uniform_map(base["depth"], m.shape[0])
-        out["closed_form_max_abs_diff"] = f"{np.abs(m / m.sum() - exact).max():.2e}"
-    out["samples"] = samples
-    return out
-
-
-FIGURE = {
-    "stem": "luo_fig1",
-    "script": __file__,
-    "settings": SETTINGS,
-    "depths": (5, 10, 20, 40),
-    "quick_depths": (2, 4),
-    "draws": 16,  # random weights: 16 weight draws x 4 normal inputs = 64 maps
-    "inputs": 4,
-    "row": row,
-    "reproduces": "Luo et al., NeurIPS 2016, Fig. 1",
-    "notes": [
-        "weights: uniform (analytically set) or random LeCun-normal, seed 0; inputs "
-        "synthetic standard normal; nothing trained",
-        "ERF: mean |input gradient| of the centre output over all samples; Luo size: "
-        "sqrt(#pixels > (1 - 0.9545) x centre value)",
-    ],
-    "caption": "mean |input gradient| of the centre output, normalised to its max; random or "
-    "uniform weights, standard-normal inputs",
-    "annotate": False,
-}
+        diff = f"{np.abs(m / m.sum() - _luo.uniform_map(depth, m.shape[0])).max():.2e}"
+    return {"closed_form_std": round(_luo.uniform_std(depth), 4), "closed_form_max_abs_diff": diff}
 
 
 def main(argv=None) -> None:
-    _luo.run_figure(__doc__, argv, FIGURE)
+    _luo.run_figure(
+        __doc__,
+        argv,
+        "luo_fig1",
+        __file__,
+        {"settings": SETTINGS, "extra": closed_form, "columns": COLUMNS},
+        {
+            "reproduces": "Luo et al., NeurIPS 2016, Fig. 1",
+            "notes": [
+                "weights: uniform (analytically set) or random LeCun-normal, seed 0; inputs "
+                "synthetic standard normal; nothing trained",
+                "ERF: mean |input gradient| of the centre output over all samples; Luo size: "
+                "sqrt(#pixels > (1 - 0.9545) x centre value)",
+            ],
+            "caption": "mean |input gradient| of the centre output, normalised to its max; "
+            "random or uniform weights, standard-normal inputs",
+            "annotate": False,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -23,42 +23,50 @@ SETTINGS = {  # label: (weights, nonlinearity)
     "random + ReLU": ("random", "relu"),
 }
 
+COLUMNS = (
+    "setting",
+    "nonlinearity",
+    "depth",
+    "input_size",
+    "theoretical_rf",
+    "luo_size",
+    "luo_count",
+    "erf_std",
+    "uniform_closed_form_std",
+    "luo_size_over_rf",
+    "max_gradient",
+    "samples",
+)
 
-def row(base: dict, m: np.ndarray, weights: str) -> dict:
-    """Fig. 2's CSV row: the common columns plus the gradient's scale."""
-    out = dict(base)
-    samples = out.pop("samples")
-    ratio = out.pop("luo_size_over_rf")
-    out["uniform_closed_form_std"] = round(_luo.uniform_std(base["depth"]), 4)
-    out["luo_size_over_rf"] = ratio
-    out["max_gradient"] = f"{m.max():.3e}"
-    out["samples"] = samples
-    return out
 
-
-FIGURE = {
-    "stem": "luo_fig2",
-    "script": __file__,
-    "settings": SETTINGS,
-    "depths": (5, 10, 20, 40),
-    "quick_depths": (2, 4),
-    "draws": 16,  # 16 weight draws x 4 normal inputs = 64 maps per cell, as Fig. 1
-    "inputs": 4,
-    "row": row,
-    "reproduces": "Luo et al., NeurIPS 2016, Fig. 2",
-    "notes": [
-        "weights: random He-normal, seed 0, never trained; inputs synthetic standard normal",
-        "ERF: mean |input gradient| of the centre output over all samples; Luo size: "
-        "sqrt(#pixels > (1 - 0.9545) x centre value)",
-    ],
-    "caption": "mean |input gradient| of the centre output, normalised to its max; random "
-    "He-normal weights (never trained), standard-normal inputs",
-    "annotate": True,
-}
+def scale(depth: int, m: np.ndarray, weights: str) -> dict:
+    """The uniform stack's closed-form std for reference, and the gradient's largest value."""
+    return {
+        "uniform_closed_form_std": round(_luo.uniform_std(depth), 4),
+        "max_gradient": f"{m.max():.3e}",
+    }
 
 
 def main(argv=None) -> None:
-    _meta, rows = _luo.run_figure(__doc__, argv, FIGURE)
+    rows = _luo.run_figure(
+        __doc__,
+        argv,
+        "luo_fig2",
+        __file__,
+        {"settings": SETTINGS, "extra": scale, "columns": COLUMNS},
+        {
+            "reproduces": "Luo et al., NeurIPS 2016, Fig. 2",
+            "notes": [
+                "weights: random He-normal, seed 0, never trained; inputs synthetic standard "
+                "normal",
+                "ERF: mean |input gradient| of the centre output over all samples; Luo size: "
+                "sqrt(#pixels > (1 - 0.9545) x centre value)",
+            ],
+            "caption": "mean |input gradient| of the centre output, normalised to its max; "
+            "random He-normal weights (never trained), standard-normal inputs",
+            "annotate": True,
+        },
+    )
     for r in rows:
         print(
             f"{r['setting']:>17} depth {int(r['depth']):2d}: std {float(r['erf_std']):6.2f} "
