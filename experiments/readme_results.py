@@ -60,7 +60,8 @@ def _summaries() -> dict:
         agree = all(r["agree"] == "True" for r in rows)
         last = rows[-1]
         return (
-            f"Dang Ha The Hien's (n, j, r, start) recurrence {'agrees' if agree else 'DISAGREES'} with "
+            f"Dang Ha The Hien's (n, j, r, start) recurrence "
+            f"{'agrees' if agree else 'DISAGREES'} with "
             f"jaxrf on every layer; e.g. {last['input_size']}x{last['input_size']} "
             f"{last['layer']}: "
             f"n {last['n']}, j {last['jump']}, r {last['size']}"

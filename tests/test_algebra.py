@@ -54,7 +54,7 @@ def _spread_reads(w: Window, n: int) -> list[set[int]]:
 # (window, input size, output size, derivation)
 OUTPUT_SIZE_CASES = [
     (Window(3), 5, 3, "5 - 3 + 1"),
-    (Window(3, 2, (1, 1)), 5, 3, "floor((5 + 2 - 3) / 2) + 1 = 3 (seed 000, Fig. 1)"),
+    (Window(3, 2, (1, 1)), 5, 3, "floor((5 + 2 - 3) / 2) + 1 = 3 (Dang Ha The Hien, Fig. 1)"),
     (Window(11, 4), 224, 54, "floor(213 / 4) + 1"),
     (Window(3, 1, (2, 2), dilation=2), 10, 10, "span 5, 10 + 4 - 5 + 1"),
     (Window(2, 1, (1, 1), input_dilation=2), 4, 8, "spread 7, 7 + 2 - 2 + 1"),
@@ -128,7 +128,7 @@ def test_window_relation_hand_cases():
 CHAIN_CASES = [
     # two 3x3 stride-1: r = 1 + 2 + 2 = 5
     ([Window(3), Window(3)], 5, 1, 0),
-    # seed 000 Fig. 1: two 3x3 stride-2 pad-1 convs: r = 1 + 2 + 2*2 = 7, S = 4, P = 1 + 2 = 3
+    # Dang Ha The Hien, Fig. 1: two 3x3 s2 p1 convs: r = 1 + 2 + 2*2 = 7, S = 4, P = 1 + 2 = 3
     ([Window(3, 2, (1, 1)), Window(3, 2, (1, 1))], 7, 4, 3),
     # google-research network 5, axis H: [3] s2 then [3] s2: 1 + 2 + 2*2 = 7, S 4
     ([Window(3, 2), Window(3, 2)], 7, 4, 0),
@@ -151,7 +151,7 @@ def test_chain_hand_values(chain, size, stride, padding):
 
 
 def test_forward_form_seed_000_example():
-    # Seed 000: 5x5 input, conv k3 s2 p1 twice: n 3 then 2; j 2 then 4; r 3 then 7;
+    # Dang Ha The Hien: 5x5 input, conv k3 s2 p1 twice: n 3 then 2; j 2 then 4; r 3 then 7;
     # start 0.5 then 0.5 + (1 - 1) * 1 = 0.5, then 0.5 + (1 - 1) * 2 = 0.5.
     state = forward_form([Window(3, 2, (1, 1))] * 2, 5)
     assert (state.n, state.jump, state.size, state.start) == (2, 4, 7, Fraction(1, 2))
