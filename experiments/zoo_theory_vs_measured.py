@@ -17,10 +17,11 @@ toys at their reference input (16 to 64 px), centre unit; the ImageNet-scale net
 whose RFs (195 to 1507 px) exceed any affordable image, at the corner unit ``(0, 0)`` of the
 smallest input whose corner region ``[0, r - 1 - P]`` leaves part of the image out.
 
-``luo_dropout`` is measured with dropout active (rate 0.5) and several masks per input, so its
-ERF averages over masks as in training; ``luo_relu`` is the same stack without dropout. Dropout
-scales surviving paths by ``1 / (1 - p)`` and removes the others, so its expected gradient
-equals luo_relu's while each mask's support may shrink; the structural box is that of one mask.
+``luo_dropout``'s ERF is measured with dropout active (rate 0.5) and ``DROPOUT_MASKS`` masks per
+input, so it averages over masks as in training; ``luo_relu`` is the same stack with the same
+weights and no dropout. Dropout scales surviving activations by ``1 / (1 - p)`` and zeroes the
+others, so a mask can only remove dependencies: its structural box is measured with dropout off,
+the union over all masks, which is what the theoretical region describes.
 Weights are random (the zoo's fixed-seed He-normal fill, batch norm at identity; Luo's uniform
 stack analytically set); images synthetic; nothing is trained or downloaded.
 
