@@ -23,20 +23,10 @@ SETTINGS = {  # label: (weights, nonlinearity)
     "random + ReLU": ("random", "relu"),
 }
 
-COLUMNS = (
-    "setting",
-    "nonlinearity",
-    "depth",
-    "input_size",
-    "theoretical_rf",
-    "luo_size",
-    "luo_count",
-    "erf_std",
-    "uniform_closed_form_std",
-    "luo_size_over_rf",
-    "max_gradient",
-    "samples",
-)
+COLUMNS = (  # the CSV columns, in order
+    "setting nonlinearity depth input_size theoretical_rf luo_size luo_count erf_std "
+    "uniform_closed_form_std luo_size_over_rf max_gradient samples"
+).split()
 
 
 def scale(depth: int, m: np.ndarray, weights: str) -> dict:
