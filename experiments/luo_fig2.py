@@ -17,16 +17,16 @@ from __future__ import annotations
 import _luo
 import numpy as np
 
+COLUMNS = (  # the CSV columns, in order
+    "setting nonlinearity depth input_size theoretical_rf luo_size luo_count erf_std "
+    "uniform_closed_form_std luo_size_over_rf max_gradient samples"
+).split()
+
 SETTINGS = {  # label: (weights, nonlinearity)
     "random + tanh": ("random", "tanh"),
     "random + sigmoid": ("random", "sigmoid"),
     "random + ReLU": ("random", "relu"),
 }
-
-COLUMNS = (  # the CSV columns, in order
-    "setting nonlinearity depth input_size theoretical_rf luo_size luo_count erf_std "
-    "uniform_closed_form_std luo_size_over_rf max_gradient samples"
-).split()
 
 
 def scale(depth: int, m: np.ndarray, weights: str) -> dict:
