@@ -60,7 +60,8 @@ def _summaries() -> dict:
         agree = all(r["agree"] == "True" for r in rows)
         last = rows[-1]
         return (
-            f"seed 000's (n, j, r, start) recurrence {'agrees' if agree else 'DISAGREES'} with "
+            f"Dang Ha The Hien's (n, j, r, start) recurrence "
+            f"{'agrees' if agree else 'DISAGREES'} with "
             f"jaxrf on every layer; e.g. {last['input_size']}x{last['input_size']} "
             f"{last['layer']}: "
             f"n {last['n']}, j {last['jump']}, r {last['size']}"
@@ -92,11 +93,25 @@ def _summaries() -> dict:
         equal = sum(r["structural_equals_clipped"] == "yes" for r in rows)
         known = [r for r in rows if r["matches_expected"] != "-"]
         match = sum(r["matches_expected"] == "True" for r in known)
-        return (
+        whole = sum(r.get("whole_image") != "False" for r in rows)
+        by_name = {r["network"]: r for r in rows}
+        text = (
             f"{len(rows)} zoo nets: traced size/stride/padding equal the published or "
             f"hand-derived values for {match}/{len(known)}; structural support box equals the "
-            f"clipped theoretical region for {equal}/{len(rows)} "
-            "([md](results/zoo_theory_vs_measured.md), [tex](results/zoo_theory_vs_measured.tex))"
+            f"clipped theoretical region for {equal}/{len(rows)}, each measured where that "
+            f"region is smaller than the image (corner units for the ImageNet-scale nets and "
+            f"DeepLab; whole-image rows: {whole})"
+        )
+        if "luo_dropout" in by_name and "luo_relu" in by_name:
+            drop, relu = by_name["luo_dropout"], by_name["luo_relu"]
+            text += (
+                f"; luo_dropout with dropout active ({drop['dropout_masks']} masks): ERF std "
+                f"{_f(drop['erf_std'])} px vs luo_relu {_f(relu['erf_std'])} px, Luo size "
+                f"{_f(drop['luo_size'], 1)} vs {_f(relu['luo_size'], 1)}"
+            )
+        return (
+            text + " ([md](results/zoo_theory_vs_measured.md), "
+            "[tex](results/zoo_theory_vs_measured.tex))"
         )
 
     def replknet_area_ratio(rows):
