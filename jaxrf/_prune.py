@@ -55,7 +55,11 @@ def _full(shape) -> Box:
 
 
 def _union(a: Box | None, b: Box) -> Box:
-    return b if a is None else tuple((min(p, q), max(r, t)) for (p, r), (q, t) in zip(a, b))
+    return (
+        b
+        if a is None
+        else tuple((min(p, q), max(r, t)) for (p, r), (q, t) in zip(a, b, strict=True))
+    )
 
 
 def _window_axis(box, n, size, stride, pad, dilation):
@@ -76,7 +80,9 @@ def _conv_plan(eqn, out: Box):
     out[out_spec[1]] = (0, eqn.outvars[0].aval.shape[out_spec[1]])
     box, pads = list(_full(shape)), [(0, 0)] * len(shape)
     box[lhs_spec[0]] = out[out_spec[0]]
-    for i, (s, pad, d) in enumerate(zip(p["window_strides"], p["padding"], p["rhs_dilation"])):
+    for i, (s, pad, d) in enumerate(
+        zip(p["window_strides"], p["padding"], p["rhs_dilation"], strict=True)
+    ):
         ax = lhs_spec[2 + i]
         k = kshape[rhs_spec[2 + i]]
         box[ax], pads[ax] = _window_axis(out[out_spec[2 + i]], shape[ax], k, s, pad, d)
@@ -113,7 +119,7 @@ def _elementwise_plan(eqn, out: Box):
 def _broadcast_plan(eqn, out: Box):
     shape = eqn.invars[0].aval.shape
     dims = eqn.params["broadcast_dimensions"]
-    box = tuple((0, 1) if n == 1 else out[d] for n, d in zip(shape, dims))
+    box = tuple((0, 1) if n == 1 else out[d] for n, d in zip(shape, dims, strict=True))
     changes = dict(shape=tuple(b - a for a, b in out))
     return out, [box], [None], changes
 
@@ -198,9 +204,9 @@ def _take(val, have: Box, want: Box, pads, pad_value):
     """The ``want`` box of ``val`` (which holds box ``have``), padded by ``pads``."""
     if want == ():
         return val
-    starts = [w[0] - h[0] for w, h in zip(want, have)]
+    starts = [w[0] - h[0] for w, h in zip(want, have, strict=True)]
     if any(s for s in starts) or any(w[1] - w[0] != val.shape[a] for a, w in enumerate(want)):
-        limits = [s + w[1] - w[0] for s, w in zip(starts, want)]
+        limits = [s + w[1] - w[0] for s, w in zip(starts, want, strict=True)]
         val = lax.slice(val, starts, limits)
     if pads is not None and any(lo or hi for lo, hi in pads):
         fill = np.array(pad_value, val.dtype) if pad_value is not None else np.zeros((), val.dtype)
@@ -226,7 +232,7 @@ def _index_box(index, shape) -> Box:
             f"shape {shape}); use None for an axis kept whole, e.g. (None, 3, 3, None)."
         )
     box = []
-    for i, (k, n) in enumerate(zip(index, shape)):
+    for i, (k, n) in enumerate(zip(index, shape, strict=True)):
         if k is None:
             box.append((0, n))
         elif isinstance(k, int | np.integer) and -n <= k < n:
