@@ -106,11 +106,13 @@ def constants(closed) -> dict:
     def value(v):
         return v.val if isinstance(v, jcore.Literal) else known[v]
 
-    for eqn in closed.jaxpr.eqns:
-        if eqn.effects or not all(isinstance(v, jcore.Literal) or v in known for v in eqn.invars):
-            continue
-        outs = bind_eqn(eqn, [value(v) for v in eqn.invars])
-        known.update(zip(eqn.outvars, outs, strict=True))
+    with jax.ensure_compile_time_eval():  # concrete values even under an outer jit / grad
+        for eqn in closed.jaxpr.eqns:
+            ins = eqn.invars
+            if eqn.effects or not all(isinstance(v, jcore.Literal) or v in known for v in ins):
+                continue
+            outs = bind_eqn(eqn, [value(v) for v in ins])
+            known.update(zip(eqn.outvars, outs, strict=True))
     return known
 
 
@@ -139,6 +141,8 @@ def _step(eqn, cur, known, shape, axis, s, b):
     if other is cur or not (isinstance(other, jcore.Literal) or other in known):
         return None
     value = other.val if isinstance(other, jcore.Literal) else known[other]
+    if isinstance(value, jax.core.Tracer):
+        return None
     c = per_channel(value, shape, axis)
     if c is None or eqn.outvars[0].aval.shape != shape:
         return None
@@ -185,6 +189,8 @@ def fold_plan(closed, known) -> tuple[dict, set]:
         if eqn.primitive.name != "conv_general_dilated" or eqn.outvars[0] in known:
             continue
         if p["batch_group_count"] != 1 or eqn.invars[1] not in known:
+            continue
+        if isinstance(known[eqn.invars[1]], jax.core.Tracer):
             continue
         s, b, last, chain = _chain(eqn, known, users, uses, outvars)
         if not chain:
