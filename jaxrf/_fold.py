@@ -16,9 +16,10 @@ where the kernel is a constant, the intermediate values are used by the chain al
 constants pass the per-channel test, so the folded network computes the same function (to
 float rounding: ``W'`` is formed in float64 and cast to the kernel's dtype).
 
-Before folding, calls (``jit``, ``custom_jvp_call``, ...) are inlined and every equation whose
-inputs are all constants is evaluated once (the batch-norm statistics' ``rsqrt``, broadcasts of
-parameters). :func:`flatten` and :func:`constants` do that and are shared with the cone pruning.
+Before folding, calls (``jit``, ``closed_call``, ...) are inlined (custom differentiation rules
+are kept) and every equation whose inputs are all constants is evaluated once (the batch-norm
+statistics' ``rsqrt``, broadcasts of parameters). :func:`flatten` and :func:`constants` do
+that and are shared with the cone pruning.
 """
 
 from __future__ import annotations
@@ -75,28 +76,30 @@ def evaluate(jaxpr, consts, args, rule: Callable, env: dict | None = None) -> li
     return [read(v) for v in jaxpr.outvars]
 
 
-def _inline(jaxpr, consts, args) -> list:
+def _inline(jaxpr, consts, args, custom: bool) -> list:
     def rule(eqn, read, env):
         vals = [read(v) for v in eqn.invars]
-        key = CONTAINERS.get(eqn.primitive.name)
+        name = eqn.primitive.name
+        key = CONTAINERS.get(name) if custom or not name.startswith("custom_") else None
         sub = eqn.params.get(key) if key else None
         if sub is None:
             return bind_eqn(eqn, vals)
         if isinstance(sub, jcore.ClosedJaxpr):
-            return _inline(sub.jaxpr, sub.consts, vals)
-        return _inline(sub, [], vals)
+            return _inline(sub.jaxpr, sub.consts, vals, custom)
+        return _inline(sub, [], vals, custom)
 
     return evaluate(jaxpr, consts, args, rule)
 
 
-def flatten(closed) -> jcore.ClosedJaxpr:
+def flatten(closed, custom: bool = True) -> jcore.ClosedJaxpr:
     """``closed`` (a ``ClosedJaxpr``) re-traced with every call inlined: one flat equation list.
 
-    Custom differentiation rules (``custom_jvp_call``) are inlined too, so the flat jaxpr is
-    differentiated through its primal operations.
+    With ``custom``, custom differentiation rules (``custom_jvp_call``, ``custom_vjp_call``) are
+    inlined too, and the flat jaxpr is differentiated through its primal operations (``relu``'s
+    derivative at exactly 0 then becomes ``max``'s, 1/2); without, they stay as they are.
     """
     specs = [jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype) for v in closed.jaxpr.invars]
-    return jax.make_jaxpr(lambda *a: _inline(closed.jaxpr, closed.consts, a))(*specs)
+    return jax.make_jaxpr(lambda *a: _inline(closed.jaxpr, closed.consts, a, custom))(*specs)
 
 
 def constants(closed) -> dict:
@@ -217,7 +220,7 @@ def fold_constants(closed) -> jcore.ClosedJaxpr:
         A flat ``ClosedJaxpr`` with the same inputs and outputs (see the module docstring for
         the folding rule and when it applies); constant-only equations are evaluated once.
     """
-    flat = flatten(closed)
+    flat = flatten(closed, custom=False)
     known = constants(flat)
     plan, absorbed = fold_plan(flat, known)
 

@@ -24,7 +24,9 @@ A variable read by several equations needs the bounding box of what they read. I
 pass every equation computes exactly its box: each feature inside it reads the same inputs (the
 same window of the same values, real or padding) as in the full network, so the probed values
 and their gradients equal the full computation's (up to the order XLA sums a window in, which
-may differ for a smaller array: a few float rounding units at most).
+may differ for a smaller array: a few float rounding units at most). Calls and custom
+differentiation rules are inlined first (a ``custom_jvp_call`` body has fixed shapes), so
+``relu``'s derivative at an input of exactly 0 is ``max``'s, 1/2, instead of 0.
 """
 
 from __future__ import annotations
