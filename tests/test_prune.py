@@ -28,11 +28,11 @@ def _sel(index):
     return tuple(slice(None) if i is None else slice(i, i + 1) for i in index)
 
 
-@pytest.mark.parametrize("unit", [(1, 1), (0, 2)])
+@pytest.mark.parametrize("unit", [(0, 0), (1, 0)])
 def test_resnet_gradient_map_equals_full_float64(unit):
     with jax.enable_x64(True):
         net = _resnet()
-        x = jax.random.normal(jax.random.key(1), (1, 96, 96, 3), jnp.float64)
+        x = jax.random.normal(jax.random.key(1), (1, 64, 64, 3), jnp.float64)
         index = (None, *unit, None)
         pruned = prune_to_cone(net, x, index)
         assert pruned.whole == []
@@ -45,14 +45,14 @@ def test_resnet_gradient_map_equals_full_float64(unit):
         want = erf(lambda v: net(v)[_sel(index)])
         assert np.abs(erf(pruned) - want).max() <= 1e-13 * np.abs(want).max()
         # the cone reads less than the whole image, and the pruned step costs fewer FLOPs
-        assert pruned.input_box[1] != (0, 96) or pruned.input_box[2] != (0, 96)
+        assert pruned.input_box[1:3] != ((0, 64), (0, 64))
 
         def flops(fn):
             step = jax.jit(jax.grad(lambda v: jnp.sum(jax.nn.relu(fn(v)))))
             cost = step.lower(x).compile().cost_analysis()
             return (cost[0] if isinstance(cost, list | tuple) else cost)["flops"]
 
-        if unit == (0, 2):
+        if unit != (0, 0):
             return
         assert flops(pruned) < 0.8 * flops(lambda v: net(v)[_sel(index)])
 
