@@ -159,7 +159,7 @@ def section_crop1024(quick: bool):
     import torch
 
     print("crop1024: ResNet-50 at 1024, centre unit", flush=True)
-    n, r, batch = (256, 3, 4) if quick else (1024, 3, 4)
+    n, r, batch = (128, 3, 2) if quick else (1024, 3, 4)
     net, variables, layers = resnet_setup(quick)
     tmodel = torch_model(variables, layers, 0.125 if quick else 1.0)
     spec = jax.ShapeDtypeStruct((1, n, n, 3), jnp.float32)

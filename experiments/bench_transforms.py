@@ -29,7 +29,7 @@ def _step_of(relu_fn, index=None):
 def section_flops(quick: bool):
     print("flops: work of the ERF step (XLA cost analysis)", flush=True)
     net, _, _ = resnet_setup(quick)
-    for n in (64, 256) if quick else (224, 1024):
+    for n in (128,) if quick else (224, 1024):
         xs = jax.random.normal(jax.random.key(2), (2, n, n, 3), jnp.float32)
         plain = cost_flops(erf_step(net), xs) / 2
         item = f"ResNet-50 {n}x{n}, centre unit" + (" (quick: tiny)" if quick else "")
@@ -74,5 +74,6 @@ def section_flops(quick: bool):
             "folded + cone-pruned vs plain map, max rel. difference",
             np.abs(a - b).max() / np.abs(a).max(),
             "",
-            "float32 (exact in float64: tests)",
+            "float32: the folded kernels round differently, which can flip a near-zero ReLU "
+            "mask; exact in float64 (tests/test_fold.py, tests/test_prune.py)",
         )
