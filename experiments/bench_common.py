@@ -9,11 +9,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import _common
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-import _common
 
 ROWS: list[dict] = []
 
@@ -125,6 +124,7 @@ def write_markdown(path: Path, info: dict[str, str], quick: bool) -> None:
     if quick:
         lines += ["**--quick smoke run: tiny sizes, numbers mean nothing.**", ""]
     lines += ["Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()), ""]
+    lines += findings()
     lines += ["| section | item | metric | value | unit | note |", "|---|---|---|---|---|---|"]
     for r in ROWS:
         v = r["value"]
@@ -133,3 +133,16 @@ def write_markdown(path: Path, info: dict[str, str], quick: bool) -> None:
             f"| {r['section']} | {r['item']} | {r['metric']} | {v} | {r['unit']} | {r['note']} |"
         )
     path.write_text("\n".join(lines) + "\n")
+
+
+def findings() -> list[str]:
+    """The README-facing lines: every ratio as the median of its interleaved rounds, and every
+    extrapolated figure marked as such."""
+    out = []
+    for r in ROWS:
+        note = str(r["note"])
+        if r["unit"] == "x" and "median of" in note:
+            out.append(f"- {r['item']}: {r['metric']} **{r['value']:.3g}x** (median; {note})")
+        elif "EXTRAPOLATED" in note:
+            out.append(f"- {r['item']}: {r['metric']} {r['value']:.4g} {r['unit']} ({note})")
+    return (["## Findings (medians of interleaved rounds)", "", *out, ""]) if out else []
