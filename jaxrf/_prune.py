@@ -288,6 +288,11 @@ def prune_to_cone(fn: Callable, x, index: Sequence[int | None]) -> Callable:
         return list(zip(bind_eqn(eqn, vals, **changes), outs, strict=True))
 
     def pruned(x):
+        if tuple(x.shape) != xvar.aval.shape:
+            raise ValueError(
+                f"`x` has shape {tuple(x.shape)}, but the cone was planned for "
+                f"{xvar.aval.shape}; call prune_to_cone again with this shape."
+            )
         env = {v: (c, _full(np.shape(c))) for v, c in known.items()}
         env[xvar] = (_take(x, _full(x.shape), in_box, None, None), in_box)
         return _run(flat.jaxpr, env, rule, out_box)

@@ -98,3 +98,6 @@ def test_bad_index_is_named():
         prune_to_cone(jnp.tanh, x, (3, 3))
     with pytest.raises(ValueError, match=r"`index\[1\]` \(=9\) must be None or an int"):
         prune_to_cone(jnp.tanh, x, (None, 9, 0, None))
+    pruned = prune_to_cone(jnp.tanh, x, (None, 3, 3, None))
+    with pytest.raises(ValueError, match=r"`x` has shape \(1, 9, 9, 1\), but the cone was"):
+        pruned(jnp.zeros((1, 9, 9, 1)))
