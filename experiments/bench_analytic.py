@@ -88,8 +88,10 @@ def trace_and_walk(fn, x, repeats: int) -> tuple[float, float, int, str]:
         try:
             walks.append(once(functools.partial(jaxrf.receptive_field, closed)))
         except TypeError:
-            how = "walk = whole receptive_field call minus the trace"
-            walks.append(max(once(lambda: jaxrf.receptive_field(fn, x)) - traces[-1], 0.0))
+            how = "walk = whole receptive_field call minus the trace (nan: not resolvable)"
+            walks.append(once(lambda: jaxrf.receptive_field(fn, x)) - traces[-1])
+    if min(walks) <= 0:
+        walks = [float("nan")]
     return min(traces), min(walks), count_eqns(closed.jaxpr), how
 
 
