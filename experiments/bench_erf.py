@@ -320,6 +320,15 @@ def section_memory(quick: bool):
                 f"peak during the ERF (compile included); {base:.0f} MiB resident before it, "
                 "after imports and building the network",
             )
+            row(
+                "memory",
+                f"ResNet-50 {size}x{size}, {batch} images",
+                f"peak RSS growth during the ERF, {name}",
+                peak - base,
+                "MiB",
+                "the comparable figure: the PyTorch child has imported JAX as well, so its "
+                "resident baseline is larger",
+            )
 
 
 def section_gpu(quick: bool):
