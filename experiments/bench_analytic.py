@@ -136,6 +136,9 @@ def section_analytic(quick: bool):
             f"walk {t_walk * 1e3:.1f} ms, trace {t_trace * 1e3:.1f} ms",
         )
     eq_a, walk_a = np.asarray(eq, float), np.asarray(walk)
+    if not np.all(np.isfinite(walk_a)):
+        row("analytic", "Luo stacks", "walk time slope", "not measured", "", "walk times are nan")
+        return
     slope, intercept = np.polyfit(eq_a, walk_a, 1)
     pred = slope * eq_a + intercept
     r2 = 1 - np.sum((walk_a - pred) ** 2) / np.sum((walk_a - walk_a.mean()) ** 2)
