@@ -143,29 +143,29 @@ def _summaries() -> dict:
         )
 
     def benchmark(rows):
-        def get(item, metric):
+        def get(item, metric, nd=3):
             hits = [r for r in rows if r["item"].startswith(item) and r["metric"] == metric]
-            return _f(float(hits[0]["value"]), 3) if hits else "?"
+            return _f(float(hits[0]["value"]), nd) if hits else "?"
 
-        jx = "jaxrf.effective_receptive_field b8"
-        none = "jaxrf ERF b8, lowering='none'"
+        best = "ratio to the better PyTorch script (per round)"
+        mm = "FLOP/s / matmul FLOP/s (per round)"
+        jx, fp = "jaxrf ERF, lowering='auto'", "jaxrf ERF, folded + cone-pruned"
+        r1024 = "ratio folded + cone-pruned / torch loop (per round)"
         return (
-            "all-positions support map: "
+            "medians of interleaved rounds. All-positions support map: "
             f"{get('luo_relu', 'pass ratio naive/jaxrf')}x fewer backward passes, "
-            f"{get('luo_relu', 'wall ratio naive/jaxrf')}x less wall time (targets 20x); "
-            f"ResNet-50 ERF at 224: jaxrf {get(jx, 'throughput')} images/s = "
-            f"{get(jx, 'ratio to torch loop')}x the PyTorch loop (target 1.2x), "
-            f"{get(jx, 'FLOP/s / matmul FLOP/s')} of matmul FLOP/s (target 0.7); without the "
-            f"CPU lowering {get(none, 'ratio to torch loop')}x / "
-            f"{get(none, 'FLOP/s / matmul FLOP/s')}; "
-            f"at 1024 with the RF-cone crop {get('ResNet-50 1024', 'ratio crop / torch loop')}x "
-            f"the PyTorch loop (target 3x); walk {get('resnet_v1_152', 'walk per equation')} us "
-            "per equation (ResNet-152)."
+            f"{get('luo_relu', 'wall ratio naive/jaxrf')}x less wall time (the naive time "
+            "extrapolated from 256 timed positions); ResNet-50 ERF at 224: jaxrf "
+            f"{get(jx, best)}x the better PyTorch script (target 1.3x), {get(jx, mm)} of matmul "
+            f"FLOP/s (target 0.7); folded + cone-pruned {get(fp, best)}x / {get(fp, mm)}; at 1024 "
+            f"(centre unit) folded + cone-pruned {get('ResNet-50 1024', r1024)}x the PyTorch "
+            f"loop (target 8x); walk {get('resnet_v1_152', 'walk per equation')} us per "
+            "equation (ResNet-152)."
         )
 
     def profile_erf(rows):
         parts = []
-        for low in ("none", "matmul", "patches"):
+        for low in dict.fromkeys(r["lowering"] for r in rows):
             rs = [r for r in rows if r["lowering"] == low]
             total = sum(float(r["ms_per_image"]) for r in rs)
             mat = [r for r in rs if r["fraction_of_matmul"]]
@@ -177,7 +177,7 @@ def _summaries() -> dict:
                 f"{_f(gf / busy)} of matmul FLOP/s, {_f(other, 1)} ms in other operations"
             )
         slow = sorted(
-            (r for r in rows if r["lowering"] == "matmul" and r["fraction_of_matmul"]),
+            (r for r in rows if r["lowering"] == rows[0]["lowering"] and r["fraction_of_matmul"]),
             key=lambda r: -float(r["ms_per_image"]),
         )[:2]
         worst = "; ".join(
