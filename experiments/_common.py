@@ -36,6 +36,14 @@ def parse_args(doc: str, argv: Sequence[str] | None = None, **extra) -> argparse
     return args
 
 
+def fmt(values) -> str:
+    """Per-axis values as one cell: ``(3, 3)`` -> ``3``, ``(7, 5)`` -> ``7x5``, None -> ``-``."""
+    if values is None:
+        return "-"
+    parts = [str(v) for v in values]
+    return parts[0] if len(set(parts)) == 1 else "x".join(parts)
+
+
 def _version(package: str) -> str:
     try:
         return version(package)

@@ -121,3 +121,71 @@ def plot_grid(maps: dict, rows: list[dict], meta: dict, out, caption: str, annot
                 ax.set_ylabel(label, fontsize=10)
     _common.footer(fig, meta, caption)
     fig.savefig(out, dpi=130)
+
+
+DEPTHS, QUICK_DEPTHS = (5, 10, 20, 40), (2, 4)
+DRAWS, INPUTS = 16, 4  # random weights: 16 weight draws x 4 normal inputs = 64 maps per cell
+
+
+def compute(settings, depths, draws, inputs, extra, columns):
+    """ERF maps of every (setting, depth) and one CSV row each.
+
+    ``settings`` maps a label to ``(weights, nonlinearity)``. Every row has the common columns
+    (setting, nonlinearity, depth, sizes, Luo size, std, ratio, samples) plus
+    ``extra(depth, m, weights)``'s, and keeps ``columns`` in that order.
+    """
+    from tqdm.auto import tqdm
+
+    rows, maps = [], {}
+    jobs = [(label, d) for label in settings for d in depths]
+    for label, depth in tqdm(jobs, desc="Luo stacks", unit="net"):
+        weights, nonlinearity = settings[label]
+        m = measure(depth, weights, nonlinearity, draws=draws, inputs_per_draw=inputs)
+        maps[f"{label}|{depth}"] = m
+        rf_size = 2 * depth + 1  # Distill: 1 + n (k - 1)
+        luo = jaxrf.luo_size(m)
+        row = {
+            "setting": label,
+            "nonlinearity": nonlinearity,
+            "depth": depth,
+            "input_size": m.shape[0],
+            "theoretical_rf": rf_size,
+            "luo_size": round(luo.size, 4),
+            "luo_count": luo.count,
+            "erf_std": round(float(np.mean(jaxrf.erf_std(m))), 4),
+            "luo_size_over_rf": round(luo.size / rf_size, 4),
+            "samples": draws * inputs if weights == "random" else inputs,
+            **extra(depth, m, weights),
+        }
+        rows.append({c: row[c] for c in columns})
+    return rows, maps
+
+
+def run_figure(doc: str, argv, stem: str, script: str, measured: dict, written: dict):
+    """The shared body of luo_fig1 / luo_fig2: measure (unless ``--plot-only``), write, plot.
+
+    ``measured`` holds ``settings``, ``extra`` and ``columns`` (see :func:`compute`);
+    ``written`` holds ``reproduces`` and ``notes`` (CSV provenance), ``caption`` and
+    ``annotate`` (for :func:`plot_grid`). Writes ``results/STEM.csv``, ``STEM.npz`` (maps
+    normalised to their max: deep random stacks have gradients near 1e-20) and ``STEM.png``;
+    returns the CSV's rows.
+    """
+    args = _common.parse_args(doc, argv)
+    csv_path = args.out_dir / f"{stem}.csv"
+    npz_path = args.out_dir / f"{stem}.npz"
+    if not args.plot_only:
+        depths = QUICK_DEPTHS if args.quick else DEPTHS
+        draws, inputs = (2, 1) if args.quick else (DRAWS, INPUTS)
+        rows, maps = compute(
+            measured["settings"], depths, draws, inputs, measured["extra"], measured["columns"]
+        )
+        _common.write_csv(csv_path, rows, script, written["reproduces"], written["notes"])
+        np.savez_compressed(
+            npz_path, **{k: (v / v.max()).astype(np.float32) for k, v in maps.items()}
+        )
+    meta, rows = _common.read_csv(csv_path)
+    maps = {k: v.astype(np.float64) for k, v in np.load(npz_path).items()}
+    out = args.out_dir / f"{stem}.png"
+    plot_grid(maps, rows, meta, out, written["caption"], annotate=written["annotate"])
+    print(f"wrote {csv_path}, {npz_path.name} and {stem}.png")
+    return rows

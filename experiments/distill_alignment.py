@@ -1,7 +1,7 @@
 """Distill alignment figure: per-position regions of an aligned and a misaligned two-branch net.
 
 Reproduces the idea of Araujo, Norris and Sim, "Computing Receptive Fields of Convolutional
-Neural Networks" (Distill 2019), Sec. "Alignment of receptive fields" (seed 001): when the
+Neural Networks" (Distill 2019), Sec. "Alignment of receptive fields": when the
 paths from input to output have the same effective stride and centre offset, the receptive
 field of output ``i`` is one interval shifted by the stride; when they do not, the region's
 width and centre change from one position to the next. The toys are google-research

@@ -1,13 +1,13 @@
-"""Seed 000's fixed-size CNN feature-map visualisation (Dang Ha The Hien, Figs. 1-3).
+"""The fixed-size CNN feature-map visualisation of Dang Ha The Hien's post, Figs. 1-3.
 
-Reproduces "A guide to receptive field arithmetic for Convolutional Neural Networks" (seed
-000): a 5x5 input (Fig. 1) and a 7x7 input (Fig. 2) through two 3x3 convolutions with stride 2
-and padding 1. Every layer is drawn at the input's size, each feature at the centre of its
-receptive field, with the centre feature's receptive field boxed (it may reach into the
-padding). The CSV compares jaxrf's per-layer numbers (Distill's closed forms) with the post's
-forward recurrence
-``(n, jump j, size r, start)`` as printed in its Fig. 3 (start in the post's convention: the
-first input pixel's centre is at 0.5). Purely analytic: no weights, no images.
+Reproduces Dang Ha The Hien, "A guide to receptive field arithmetic for Convolutional Neural
+Networks" (2017, blog post on Medium): a 5x5 input (Fig. 1) and a 7x7 input (Fig. 2) through two
+3x3 convolutions with stride 2 and padding 1. Every layer is drawn at the input's size, each
+feature at the centre of its receptive field, with the centre feature's receptive field boxed
+(it may reach into the padding). The CSV compares jaxrf's per-layer numbers (Distill's closed
+forms) with the post's forward recurrence ``(n, jump j, size r, start)`` as printed in its Fig.
+3 (start in the post's convention: the first input pixel's centre is at 0.5). Purely analytic:
+no weights, no images.
 
 Writes results/feature_map_visualisation.csv and results/feature_map_visualisation.png.
 """
@@ -25,7 +25,7 @@ from jaxrf import Layer
 
 LAYERS = [Layer(3, stride=2, padding=1, name="conv1"), Layer(3, stride=2, padding=1, name="conv2")]
 INPUT_SIZES = (5, 7)
-# Seed 000, Fig. 3 (5x5 input): conv1 n=3, j=2, r=3, start=0.5; conv2 n=2, j=4, r=7,
+# The post's Fig. 3 (5x5 input): conv1 n=3, j=2, r=3, start=0.5; conv2 n=2, j=4, r=7,
 # start=0.5. For 7x7 the same recurrence by hand: conv1 n=4, j=2, r=3, start=0.5; conv2 n=2,
 # j=4, r=7, start=0.5 (n = floor((4 + 2 - 3)/2) + 1 = 2).
 SEED_000 = {
@@ -54,11 +54,11 @@ def compute() -> tuple[list[dict], dict]:
                     "size": r,
                     "padding": P,
                     "start_0indexed": str(start),
-                    "start_seed000_convention": str(start + Fraction(1, 2)),
-                    "seed000_n": post[0],
-                    "seed000_jump": post[1],
-                    "seed000_size": post[2],
-                    "seed000_start": str(post[3]),
+                    "start_post_convention": str(start + Fraction(1, 2)),
+                    "post_n": post[0],
+                    "post_jump": post[1],
+                    "post_size": post[2],
+                    "post_start": str(post[3]),
                     "agree": (rec.output_shape[0], S, r, start + Fraction(1, 2)) == post,
                 }
             )
@@ -96,13 +96,13 @@ def main(argv=None) -> None:
     csv_path = args.out_dir / "feature_map_visualisation.csv"
     rows, fields = compute()
     if not all(r["agree"] for r in rows):
-        raise SystemExit(f"jaxrf disagrees with seed 000's recurrence: {rows}")
+        raise SystemExit(f"jaxrf disagrees with the post's recurrence: {rows}")
     if not args.plot_only:
         _common.write_csv(
             csv_path,
             rows,
             __file__,
-            "Dang Ha The Hien, 'A guide to receptive field arithmetic', Figs. 1-3 (seed 000)",
+            "Dang Ha The Hien, 'A guide to receptive field arithmetic', Figs. 1-3",
             ["analytic only: no weights, no images"],
         )
     meta, _ = _common.read_csv(csv_path)

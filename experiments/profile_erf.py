@@ -1,10 +1,12 @@
-"""Where the time of an ERF step goes on XLA:CPU: a per-operation profile (issue 7, target 2b).
+"""Where the time of an ERF step goes on XLA:CPU: a per-operation profile.
 
 The step ``jaxrf.effective_receptive_field`` compiles for a torchvision-layout ResNet-50 at 224
 (random weights, random normal images; RepLKNet protocol: ReLU on the centre outputs, channels
 summed, positive part of the input gradient), i.e. ``jit(vmap(vjp))`` of the network as
-``jaxrf._lowering.lower_convs`` rewrites it, is run under ``jax.profiler.trace`` for each
-``lowering`` ('none' and 'matmul'). Every executed HLO instruction's time (``jax.profiler.
+rewritten, is run under ``jax.profiler.trace`` for each variant: 'none' (the plain step),
+'matmul' and 'patches' (jaxrf's CPU lowerings, where jaxrf exports ``lower_convs``), 'folded'
+(``jaxrf.fold_convs``) and 'folded+pruned' (``jaxrf.prune_to_cone`` of the folded network, centre
+unit). Every executed HLO instruction's time (``jax.profiler.
 ProfileData`` events named after the instruction) is matched with its FLOPs read from the
 compiled HLO text (dots and convolutions; an lhs-dilated convolution is charged its useful
 FLOPs, the inserted zeros excluded) and grouped: matrix products by shape, convolutions by
@@ -32,17 +34,12 @@ import jax.numpy as jnp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
-from benchmark import (  # noqa: E402
-    block,
-    compiled_flops,
-    erf_one,
-    machine,
-    matmul_flops,
-    once,
-    resnet_setup,
-)
+from bench_common import block, compiled_flops, machine, matmul_flops, once  # noqa: E402
+from bench_erf import pruned_relu  # noqa: E402
+from bench_kernels import section_kernels  # noqa: E402
+from bench_models import erf_one, resnet_setup  # noqa: E402
 
-from jaxrf._lowering import lower_convs  # noqa: E402
+import jaxrf  # noqa: E402
 
 _INSTR = re.compile(r"^\s*(?:ROOT )?%([\w.-]+) = (\S+) ([\w-]+)\((.*?)\)(.*)$")
 _SHAPE = re.compile(r"^\w+\[([\d,]*)\]")
@@ -145,10 +142,32 @@ def event_times(trace_dir: Path, names) -> dict[str, float]:
     return total
 
 
+def variant_step(net, lowering: str, n: int):
+    """The jitted ERF step of one variant (None where this jaxrf does not export it)."""
+    if lowering == "folded":
+        lowered = jaxrf.fold_convs(net)
+    elif lowering == "folded+pruned":
+        relu, _ = pruned_relu(jaxrf.fold_convs(net), n)
+
+        def one(xi):
+            g = jax.grad(lambda v: relu(v).sum())(xi[None])
+            return jnp.maximum(g[0], 0).sum(-1)
+
+        return jax.jit(lambda xb: jax.vmap(one)(xb).sum(0))
+    elif lowering == "none":
+        lowered = net
+    elif hasattr(jaxrf, "lower_convs"):
+        lowered = jaxrf.lower_convs(net, lowering)
+    else:
+        return None
+    return jax.jit(lambda xb: jax.vmap(functools.partial(erf_one, lowered))(xb).sum(0))
+
+
 def profile(net, xs, lowering: str, runs: int, peak: float):
     batch = xs.shape[0]
-    lowered = lower_convs(net, lowering)
-    step = jax.jit(lambda xb: jax.vmap(functools.partial(erf_one, lowered))(xb).sum(0))
+    step = variant_step(net, lowering, xs.shape[1])
+    if step is None:
+        return [], None
     compiled = step.lower(xs).compile()
     comps, entry = parse_hlo(compiled.as_text())
     groups = classify(comps, entry)
@@ -196,6 +215,31 @@ def profile(net, xs, lowering: str, runs: int, peak: float):
     return rows, summary
 
 
+VARIANTS = ("none", "matmul", "patches", "folded", "folded+pruned")
+
+
+def kernel_lines(kernels) -> list[str]:
+    """Markdown table of the weak-kernel trials (experiments/bench_kernels.py)."""
+    lines = [
+        "",
+        "## The 3x3 64-channel convolutions at 56x56 (batch 8): formulations tried",
+        "",
+        "Median of interleaved rounds against XLA's NHWC convolution (speed > 1 = faster); error",
+        "= max relative difference from a float64 reference (kept only if within float32",
+        "rounding, i.e. at most twice XLA's own convolution's error).",
+        "",
+        "| direction | formulation | ms | speed vs XLA conv | fraction of matmul | rel. error |"
+        " exact |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for k in kernels:
+        lines.append(
+            f"| {k['direction']} | {k['formulation']} | {k['ms']:.2f} | {k['speed']:.2f} | "
+            f"{k['fraction_of_matmul']:.2f} | {k['rel_error']:.2g} | {k['exact']} |"
+        )
+    return lines
+
+
 def main(argv=None) -> None:
     args = _common.parse_args(__doc__, argv)
     quick = args.quick
@@ -207,10 +251,11 @@ def main(argv=None) -> None:
     peak = matmul_flops(rounds=5)
     t0 = time.perf_counter()
     all_rows, summaries = [], []
-    for lowering in ("none", "matmul", "patches"):
+    for lowering in VARIANTS:
         rows, summary = profile(net, xs, lowering, runs, peak)
         all_rows += rows
-        summaries.append(summary)
+        summaries += [summary] if summary else []
+    kernels = section_kernels(quick)
     peak_after = matmul_flops(rounds=5)
     stem = "profile_erf" + ("_quick" if quick else "")
     provenance = {
@@ -230,7 +275,7 @@ def main(argv=None) -> None:
         args.out_dir / f"{stem}.csv",
         all_rows,
         __file__,
-        "no paper figure: issue 7's question of what bounds the ERF step on this CPU",
+        "no paper figure: what bounds the ERF step on this CPU",
         [f"{k}: {v}" for k, v in provenance.items()]
         + [
             "summary "
@@ -241,7 +286,7 @@ def main(argv=None) -> None:
         ],
     )
     lines = [
-        "# ERF step profile on XLA:CPU (issue 7, target 2b)",
+        "# ERF step profile on XLA:CPU",
         "",
         *(f"- {k}: {v}" for k, v in provenance.items()),
         "",
@@ -257,7 +302,8 @@ def main(argv=None) -> None:
             f"{s['matmul_fraction_of_peak']:.2f} | "
             f"{s['other_ms_per_image']:.1f} |"
         )
-    for lowering in ("none", "matmul", "patches"):
+    lines += kernel_lines(kernels)
+    for lowering in [s_["lowering"] for s_ in summaries]:
         lines += [
             "",
             f"## lowering='{lowering}': operations by time (top 25)",

@@ -60,7 +60,8 @@ def _summaries() -> dict:
         agree = all(r["agree"] == "True" for r in rows)
         last = rows[-1]
         return (
-            f"seed 000's (n, j, r, start) recurrence {'agrees' if agree else 'DISAGREES'} with "
+            f"Dang Ha The Hien's (n, j, r, start) recurrence "
+            f"{'agrees' if agree else 'DISAGREES'} with "
             f"jaxrf on every layer; e.g. {last['input_size']}x{last['input_size']} "
             f"{last['layer']}: "
             f"n {last['n']}, j {last['jump']}, r {last['size']}"
@@ -92,11 +93,25 @@ def _summaries() -> dict:
         equal = sum(r["structural_equals_clipped"] == "yes" for r in rows)
         known = [r for r in rows if r["matches_expected"] != "-"]
         match = sum(r["matches_expected"] == "True" for r in known)
-        return (
+        whole = sum(r.get("whole_image") != "False" for r in rows)
+        by_name = {r["network"]: r for r in rows}
+        text = (
             f"{len(rows)} zoo nets: traced size/stride/padding equal the published or "
             f"hand-derived values for {match}/{len(known)}; structural support box equals the "
-            f"clipped theoretical region for {equal}/{len(rows)} "
-            "([md](results/zoo_theory_vs_measured.md), [tex](results/zoo_theory_vs_measured.tex))"
+            f"clipped theoretical region for {equal}/{len(rows)}, each measured where that "
+            f"region is smaller than the image (corner units for the ImageNet-scale nets and "
+            f"DeepLab; whole-image rows: {whole})"
+        )
+        if "luo_dropout" in by_name and "luo_relu" in by_name:
+            drop, relu = by_name["luo_dropout"], by_name["luo_relu"]
+            text += (
+                f"; luo_dropout with dropout active ({drop['dropout_masks']} masks): ERF std "
+                f"{_f(drop['erf_std'])} px vs luo_relu {_f(relu['erf_std'])} px, Luo size "
+                f"{_f(drop['luo_size'], 1)} vs {_f(relu['luo_size'], 1)}"
+            )
+        return (
+            text + " ([md](results/zoo_theory_vs_measured.md), "
+            "[tex](results/zoo_theory_vs_measured.tex))"
         )
 
     def replknet_area_ratio(rows):
@@ -128,29 +143,29 @@ def _summaries() -> dict:
         )
 
     def benchmark(rows):
-        def get(item, metric):
+        def get(item, metric, nd=3):
             hits = [r for r in rows if r["item"].startswith(item) and r["metric"] == metric]
-            return _f(float(hits[0]["value"]), 3) if hits else "?"
+            return _f(float(hits[0]["value"]), nd) if hits else "?"
 
-        jx = "jaxrf.effective_receptive_field b8"
-        none = "jaxrf ERF b8, lowering='none'"
+        best = "ratio to the better PyTorch script (per round)"
+        mm = "FLOP/s / matmul FLOP/s (per round)"
+        jx, fp = "jaxrf ERF, lowering='auto'", "jaxrf ERF, folded + cone-pruned"
+        r1024 = "ratio folded + cone-pruned / torch loop (per round)"
         return (
-            "all-positions support map: "
+            "medians of interleaved rounds. All-positions support map: "
             f"{get('luo_relu', 'pass ratio naive/jaxrf')}x fewer backward passes, "
-            f"{get('luo_relu', 'wall ratio naive/jaxrf')}x less wall time (targets 20x); "
-            f"ResNet-50 ERF at 224: jaxrf {get(jx, 'throughput')} images/s = "
-            f"{get(jx, 'ratio to torch loop')}x the PyTorch loop (target 1.2x), "
-            f"{get(jx, 'FLOP/s / matmul FLOP/s')} of matmul FLOP/s (target 0.7); without the "
-            f"CPU lowering {get(none, 'ratio to torch loop')}x / "
-            f"{get(none, 'FLOP/s / matmul FLOP/s')}; "
-            f"at 1024 with the RF-cone crop {get('ResNet-50 1024', 'ratio crop / torch loop')}x "
-            f"the PyTorch loop (target 3x); walk {get('resnet_v1_152', 'walk per equation')} us "
-            "per equation (ResNet-152)."
+            f"{get('luo_relu', 'wall ratio naive/jaxrf')}x less wall time (the naive time "
+            "extrapolated from 256 timed positions); ResNet-50 ERF at 224: jaxrf "
+            f"{get(jx, best)}x the better PyTorch script (target 1.3x), {get(jx, mm)} of matmul "
+            f"FLOP/s (target 0.7); folded + cone-pruned {get(fp, best)}x / {get(fp, mm)}; at 1024 "
+            f"(centre unit) folded + cone-pruned {get('ResNet-50 1024', r1024)}x the PyTorch "
+            f"loop (target 8x); walk {get('resnet_v1_152', 'walk per equation')} us per "
+            "equation (ResNet-152)."
         )
 
     def profile_erf(rows):
         parts = []
-        for low in ("none", "matmul", "patches"):
+        for low in dict.fromkeys(r["lowering"] for r in rows):
             rs = [r for r in rows if r["lowering"] == low]
             total = sum(float(r["ms_per_image"]) for r in rs)
             mat = [r for r in rs if r["fraction_of_matmul"]]
@@ -162,7 +177,7 @@ def _summaries() -> dict:
                 f"{_f(gf / busy)} of matmul FLOP/s, {_f(other, 1)} ms in other operations"
             )
         slow = sorted(
-            (r for r in rows if r["lowering"] == "matmul" and r["fraction_of_matmul"]),
+            (r for r in rows if r["lowering"] == rows[0]["lowering"] and r["fraction_of_matmul"]),
             key=lambda r: -float(r["ms_per_image"]),
         )[:2]
         worst = "; ".join(

@@ -1,9 +1,11 @@
 """How long jaxrf.receptive_field takes on a ResNet-152 at 224: tracing vs walking the jaxpr.
 
-Issue 3's acceptance figure (no paper figure): walking the jaxpr of a bottleneck ResNet-152
-(torchvision layout, [3, 8, 36, 3] blocks, written in jax.lax, NHWC) must take well under a
-second after tracing. Weights are built inside the function from constants, so they are never
-materialised: jaxrf evaluates constants only when a rule needs their values.
+No paper figure: the cost of jaxrf's analytic walk next to the cost of tracing. A bottleneck
+ResNet-152 (torchvision layout, [3, 8, 36, 3] blocks, written in jax.lax, NHWC) is traced with
+``jax.make_jaxpr`` ("trace"), and the resulting ``ClosedJaxpr`` is handed to the public
+``jaxrf.receptive_field(closed_jaxpr)`` ("walk"), so the two are timed apart. Weights are built
+inside the function from constants, so they are never materialised: jaxrf evaluates constants
+only when a rule needs their values.
 
 Writes results/trace_timing.csv: one row per repetition with trace and walk seconds.
 """
@@ -19,12 +21,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+import jaxrf
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import parse_args, write_csv  # noqa: E402
-
-from jaxrf._field import FieldState, ReceptiveField  # noqa: E402
-from jaxrf._rules import RULES, Constant, Dependent  # noqa: E402
-from jaxrf._trace import _Walker  # noqa: E402
 
 DN = ("NHWC", "HWIO", "NHWC")
 
@@ -60,11 +60,7 @@ def measure(size: int, blocks) -> dict[str, object]:
     t0 = time.perf_counter()
     closed = jax.make_jaxpr(lambda x: resnet(x, blocks))(x)
     t1 = time.perf_counter()
-    walker = _Walker(RULES, "raise", 2)
-    start = Dependent(FieldState.input((size, size)), (None, 0, 1, None))
-    consts = [Constant(lambda c=c: c) for c in closed.consts]
-    (out,) = walker.walk(closed.jaxpr, consts, [start])
-    rf = ReceptiveField.from_state(out.state, (size, size), walker.records)
+    rf = jaxrf.receptive_field(closed)  # the program carries the input shape
     t2 = time.perf_counter()
     return {
         "network": f"resnet_bottleneck_{'_'.join(map(str, blocks))}",
@@ -87,7 +83,8 @@ def main(argv=None):
         args.out_dir / "trace_timing.csv",
         rows,
         __file__,
-        "issue 3 timing: trace vs walk of a ResNet-152 at 224",
+        "no paper figure: trace (jax.make_jaxpr) vs walk (jaxrf.receptive_field on the "
+        "ClosedJaxpr) of a ResNet-152 at 224",
     )
     walk = statistics.median(r["walk_s"] for r in rows)
     trace = statistics.median(r["trace_s"] for r in rows)

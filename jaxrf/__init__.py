@@ -18,6 +18,8 @@ from ._field import LayerRecord as LayerRecord
 from ._field import MisalignmentWarning as MisalignmentWarning
 from ._field import Path as Path
 from ._field import ReceptiveField as ReceptiveField
+from ._fold import fold_constants as fold_constants
+from ._fold import fold_convs as fold_convs
 from ._images import ImageStream as ImageStream
 from ._images import image_paths as image_paths
 from ._images import load_images as load_images
@@ -30,6 +32,7 @@ from ._probe import NonFiniteGradientError as NonFiniteGradientError
 from ._probe import NonFiniteGradientWarning as NonFiniteGradientWarning
 from ._probe import actual_receptive_field as actual_receptive_field
 from ._probe import gradient_map as gradient_map
+from ._prune import prune_to_cone as prune_to_cone
 from ._report import LayerReport as LayerReport
 from ._report import LayerReportRow as LayerReportRow
 from ._report import layer_report as layer_report

@@ -1,8 +1,9 @@
 """Receptive-field arithmetic along one spatial axis, exactly.
 
 Everything here is per axis: a network on an image is handled one axis at a time, as in
-Araujo et al., "Computing Receptive Fields of Convolutional Neural Networks", Distill 2019
-(seed 001), and the receptive-field arithmetic post of Dang Ha The Hien (seed 000).
+Araujo, Norris and Sim, "Computing Receptive Fields of Convolutional Neural Networks", Distill
+2019 (https://distill.pub/2019/computing-receptive-fields/), and Dang Ha The Hien, "A guide to
+receptive field arithmetic for Convolutional Neural Networks" (2017, blog post on Medium).
 
 A layer along one axis is a :class:`Window`: kernel size ``k``, stride ``s``, padding
 ``(p, q)`` (negative = cropping), kernel (rhs) dilation ``d`` and input (lhs) dilation ``D``
@@ -17,7 +18,7 @@ transposed convolutions are fractions): never floats.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -31,6 +32,27 @@ def as_number(x: Fraction | int) -> Number:
     if isinstance(x, Fraction) and x.denominator == 1:
         return int(x.numerator)
     return x
+
+
+def format_axes(values: Sequence[object] | None, sep: str = "x", brackets: str = "") -> str:
+    """Per-axis values as one short string: one value when every axis agrees.
+
+    ``None`` gives ``"-"``; whole fractions print as ints. When the axes differ the values are
+    joined by ``sep`` and wrapped in ``brackets`` (two characters, or empty).
+
+    Example:
+        >>> format_axes((3, 3)), format_axes((7, 5)), format_axes(None)
+        ('3', '7x5', '-')
+        >>> format_axes((Fraction(2, 1), Fraction(1, 2)), sep=", ", brackets="()")
+        '(2, 1/2)'
+    """
+    if values is None:
+        return "-"
+    parts = [str(as_number(v)) if isinstance(v, Fraction) else str(v) for v in values]
+    if len(set(parts)) == 1:
+        return parts[0]
+    text = sep.join(parts)
+    return brackets[:1] + text + brackets[1:] if brackets else text
 
 
 @dataclass(frozen=True)
@@ -75,13 +97,7 @@ class Window:
             >>> Window(kernel=3, stride=1, padding=(1, 1)).reads(0, 4)
             [0, 1]
         """
-        D = self.input_dilation
-        out = []
-        for t in range(self.kernel):
-            m = self.stride * i - self.padding[0] + self.dilation * t
-            if m % D == 0 and 0 <= m // D < n:
-                out.append(m // D)
-        return out
+        return [int(c) for _, cols in window_taps(self, np.array([i]), n) for c in cols]
 
 
 def same_padding(
@@ -107,7 +123,7 @@ def same_padding(
 
 
 # ---------------------------------------------------------------------------------------
-# Chains: the three equivalent forms of Distill / seed 000.
+# Chains: the three equivalent forms of Distill and Dang Ha The Hien's post.
 # ---------------------------------------------------------------------------------------
 
 
@@ -184,9 +200,9 @@ def padding_recurrence(chain: Sequence[Window]) -> Number:
 
 @dataclass(frozen=True)
 class ForwardState:
-    """Seed 000's forward form, carried from the input: ``(n, jump, size, start)``.
+    """Dang Ha The Hien's forward form, carried from the input: ``(n, jump, size, start)``.
 
-    ``start`` is the centre of the first output feature's region in seed 000's convention
+    ``start`` is the centre of the first output feature's region in that post's convention
     (input feature ``x`` has centre ``x + 1/2``; the first input feature is at ``1/2``).
     """
 
@@ -197,7 +213,8 @@ class ForwardState:
 
 
 def forward_form(chain: Sequence[Window], n: int) -> ForwardState:
-    """Seed 000: ``j' = j s``, ``r' = r + (k' - 1) j``, ``start' = start + ((k'-1)/2 - p) j``.
+    """The forward recurrence: ``j' = j s``, ``r' = r + (k' - 1) j``,
+    ``start' = start + ((k'-1)/2 - p) j`` (Dang Ha The Hien's post).
 
     Starts from ``(n_0, 1, 1, 1/2)``. With input dilation ``D`` the layer's kernel span, stride
     and padding are measured in ``1/D`` input features.
@@ -221,11 +238,34 @@ def forward_form(chain: Sequence[Window], n: int) -> ForwardState:
 # ---------------------------------------------------------------------------------------
 
 
+def window_taps(
+    w: Window, outputs: np.ndarray, n_in: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The (output, input feature) pairs the window connects, one tap at a time.
+
+    For tap ``t = 0..k-1``, output ``i`` reads the spread-input position ``m = s i - p + d t``;
+    ``m`` is the input feature ``m / D`` when ``D`` divides it and ``0 <= m / D < n_in``
+    (holes and padding are not features). Yields, per tap, two equal-length int arrays: the
+    entries of ``outputs`` that read a real feature, and that feature. Within one tap every
+    output appears at most once.
+
+    Example:
+        >>> taps = window_taps(Window(3, padding=(1, 1)), np.arange(2), 4)
+        >>> [(rows.tolist(), cols.tolist()) for rows, cols in taps]
+        [([1], [0]), ([0, 1], [0, 1]), ([0, 1], [1, 2])]
+    """
+    outputs = np.asarray(outputs)
+    for t in range(w.kernel):
+        m = w.stride * outputs - w.padding[0] + w.dilation * t
+        ok = (m % w.input_dilation == 0) & (m >= 0) & (m // w.input_dilation < n_in)
+        yield outputs[ok], m[ok] // w.input_dilation
+
+
 def window_relation(w: Window, n_in: int) -> np.ndarray:
     """Boolean ``(n_out, n_in)`` matrix: entry ``[i, j]`` says output ``i`` reads input ``j``.
 
-    This is the clipped, exact per-index rule: padding and the holes of an input dilation are
-    not features, so they never appear.
+    This is the clipped, exact per-index rule of :func:`window_taps`: padding and the holes of
+    an input dilation are not features, so they never appear.
 
     Example:
         >>> window_relation(Window(2, stride=2), 5).astype(int)   # pixel 4 is never read
@@ -234,11 +274,8 @@ def window_relation(w: Window, n_in: int) -> np.ndarray:
     """
     n_out = w.output_size(n_in)
     rel = np.zeros((n_out, n_in), dtype=bool)
-    i = np.arange(n_out)
-    for t in range(w.kernel):
-        m = w.stride * i - w.padding[0] + w.dilation * t
-        ok = (m % w.input_dilation == 0) & (m >= 0) & (m // w.input_dilation < n_in)
-        rel[i[ok], m[ok] // w.input_dilation] = True
+    for rows, cols in window_taps(w, np.arange(n_out), n_in):
+        rel[rows, cols] = True
     return rel
 
 
@@ -247,16 +284,13 @@ def compose_window(w: Window, dep: np.ndarray) -> np.ndarray:
 
     ``dep`` is ``(n_in, n_input)``: which pixels of the network input each input feature of
     this layer depends on. Returns ``(n_out, n_input)``: output ``i`` depends on the union of
-    what the features it reads depend on. Costs ``k`` row gathers, not a matrix product.
+    what the features it reads (:func:`window_taps`) depend on. Costs ``k`` row gathers, not a
+    matrix product.
     """
-    n_in = dep.shape[0]
-    n_out = w.output_size(n_in)
+    n_out = w.output_size(dep.shape[0])
     out = np.zeros((n_out, dep.shape[1]), dtype=bool)
-    i = np.arange(n_out)
-    for t in range(w.kernel):
-        m = w.stride * i - w.padding[0] + w.dilation * t
-        ok = (m % w.input_dilation == 0) & (m >= 0) & (m // w.input_dilation < n_in)
-        out[i[ok]] |= dep[m[ok] // w.input_dilation]
+    for rows, cols in window_taps(w, np.arange(n_out), dep.shape[0]):
+        out[rows] |= dep[cols]
     return out
 
 

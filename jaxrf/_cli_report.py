@@ -44,29 +44,13 @@ END_POINTS = {
     ("resnet_v1_101", "block2_unit4"): "resnet_v1_101/block2",
     ("resnet_v1_101", "block3_unit23"): "resnet_v1_101/block3",
 }
-#: Those rows at input 224 (rf, effective stride, effective padding), typed from the table, for
-#: a jaxrf without the shipped table (``jaxrf.models.araujo_row``); delete once it ships.
-_TYPED_224 = {
-    "resnet_v1_50/block1": (35, 8, 15),
-    "resnet_v1_50/block2": (99, 16, 47),
-    "resnet_v1_50/block3": (291, 32, 143),
-    "resnet_v1_101/block1": (35, 8, 15),
-    "resnet_v1_101/block2": (99, 16, 47),
-    "resnet_v1_101/block3": (835, 32, 415),
-}
-
-
 def published(model: str, stage: str | None, input_size: int) -> tuple | None:
     """Araujo et al.'s ``(rf, stride, padding, source)`` for a stage at a square input, or None."""
     end_point = END_POINTS.get((model, stage))
     if end_point is None:
         return None
-    try:
-        from .models import araujo_row  # the table shipped inside jaxrf
-    except ImportError:
-        row = _TYPED_224.get(end_point) if input_size == 224 else None
-        source = f"Araujo et al., Distill 2019, receptive-field table: {end_point}, input 224"
-        return None if row is None else (*row, source)
+    from .models import araujo_row  # the table shipped inside jaxrf
+
     try:
         row = araujo_row(model, end_point, input_size)
     except ValueError:  # no row at this input size

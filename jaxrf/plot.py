@@ -24,6 +24,7 @@ from matplotlib.axes import Axes
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
+from ._axis import format_axes
 from ._field import LayerRecord, ReceptiveField
 
 __all__ = [
@@ -108,6 +109,22 @@ def erf_heatmap(
         [(-2.5, -2.5, 5.0, 5.0), (-0.5, -0.5, 3.0, 3.0)]
     """
     ax = _check_axes(ax)
+    data = _check_erf_map(erf_map, rf)
+    norm, colour_map = _colour_scale(data, log, cmap)
+    if log:
+        data = np.ma.masked_less_equal(data, 0)
+    image = ax.imshow(data, cmap=colour_map, norm=norm, interpolation="nearest")
+    if colorbar:
+        ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    if rf is not None:
+        _draw_region(ax, rf, default_index(rf) if index is None else tuple(index), data.shape)
+    if title is not None:
+        ax.set_title(title)
+    return ax
+
+
+def _check_erf_map(erf_map, rf: ReceptiveField | None) -> np.ndarray:
+    """``erf_map`` as a 2-D float array of ``rf``'s input shape, or a ValueError saying why not."""
     data = np.asarray(erf_map, dtype=float)
     if data.ndim != 2:
         raise ValueError(
@@ -119,75 +136,81 @@ def erf_heatmap(
             f"`erf_map` has shape {data.shape} but `rf` was computed for input shape "
             f"{tuple(rf.input_shape)}; pass the receptive field of the network at this input size."
         )
-    if log:
-        positive = data[data > 0]
-        if positive.size == 0:
-            raise ValueError(
-                "`erf_map` has no positive value, so a log colour scale (log=True) is undefined; "
-                "use log=False or pass |gradient|."
-            )
-        norm = colors.LogNorm(vmin=positive.min(), vmax=positive.max())
-        data = np.ma.masked_less_equal(data, 0)
-        base = _colormap(cmap)
-        colour_map = base.with_extremes(bad=base(0.0))
-    else:
-        norm = colors.Normalize(vmin=min(0.0, data.min()), vmax=data.max() if data.max() > 0 else 1)
-        colour_map = _colormap(cmap)
-    image = ax.imshow(data, cmap=colour_map, norm=norm, interpolation="nearest")
-    if colorbar:
-        ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-    if rf is not None:
-        if len(rf.input_shape) != 2:
-            raise ValueError(f"`rf` is {len(rf.input_shape)}-D; erf_heatmap draws 2-D inputs.")
-        index = default_index(rf) if index is None else tuple(index)
+    if rf is not None and len(rf.input_shape) != 2:
+        raise ValueError(f"`rf` is {len(rf.input_shape)}-D; erf_heatmap draws 2-D inputs.")
+    return data
+
+
+def _colour_scale(data: np.ndarray, log: bool, cmap: str):
+    """``(norm, colour map)``: linear from ``min(0, min)`` to the max, or log over the positives.
+
+    On the log scale zeros (pixels outside the support) are masked and drawn in the colour
+    map's lowest colour.
+    """
+    if not log:
+        vmax = data.max() if data.max() > 0 else 1
+        return colors.Normalize(vmin=min(0.0, data.min()), vmax=vmax), _colormap(cmap)
+    positive = data[data > 0]
+    if positive.size == 0:
+        raise ValueError(
+            "`erf_map` has no positive value, so a log colour scale (log=True) is undefined; "
+            "use log=False or pass |gradient|."
+        )
+    base = _colormap(cmap)
+    norm = colors.LogNorm(vmin=positive.min(), vmax=positive.max())
+    return norm, base.with_extremes(bad=base(0.0))
+
+
+def _draw_region(ax: Axes, rf: ReceptiveField, index: tuple[int, ...], shape) -> None:
+    """The unclipped region (dashed), the clipped one (solid) and the centre (cross) of ``index``.
+
+    The axes extend into the padding as far as the unclipped region reaches, by at most a
+    quarter of the input (a region far larger than the input would shrink the image).
+    """
+    region = rf.region(index)
+    ax.add_patch(
+        _box_patch(
+            region,
+            fill=False,
+            ec=REGION_COLOUR,
+            ls="--",
+            lw=1.5,
+            label="analytic region (unclipped)",
+        )
+    )
+    clipped = rf.region(index, clip=True)
+    if clipped is not None:
         ax.add_patch(
             _box_patch(
-                rf.region(index),
+                clipped,
                 fill=False,
-                ec=REGION_COLOUR,
-                ls="--",
-                lw=1.5,
-                label="analytic region (unclipped)",
+                ec=CLIPPED_COLOUR,
+                ls="-",
+                lw=1.0,
+                label="analytic region (clipped)",
             )
         )
-        clipped = rf.region(index, clip=True)
-        if clipped is not None:
-            ax.add_patch(
-                _box_patch(
-                    clipped,
-                    fill=False,
-                    ec=CLIPPED_COLOUR,
-                    ls="-",
-                    lw=1.0,
-                    label="analytic region (clipped)",
-                )
-            )
-        cy, cx = (float(c) for c in rf.center(index))
-        ax.plot(
-            [cx],
-            [cy],
-            marker="x",
-            color=CENTRE_COLOUR,
-            ms=8,
-            mew=2,
-            ls="none",
-            label="analytic centre",
-        )
-        # Show the unclipped region where it reaches into the padding, up to a margin of a
-        # quarter of the input (a region far larger than the input would shrink the image).
-        (r0, r1), (c0, c1) = rf.region(index)
-        mh, mw = (max(2.0, n / 4) for n in data.shape)
-        ax.set_xlim(
-            max(min(-0.5, c0 - 1.0), -0.5 - mw),
-            min(max(data.shape[1] - 0.5, c1 + 1.0), data.shape[1] - 0.5 + mw),
-        )
-        ax.set_ylim(
-            min(max(data.shape[0] - 0.5, r1 + 1.0), data.shape[0] - 0.5 + mh),
-            max(min(-0.5, r0 - 1.0), -0.5 - mh),
-        )
-    if title is not None:
-        ax.set_title(title)
-    return ax
+    cy, cx = (float(c) for c in rf.center(index))
+    ax.plot(
+        [cx],
+        [cy],
+        marker="x",
+        color=CENTRE_COLOUR,
+        ms=8,
+        mew=2,
+        ls="none",
+        label="analytic centre",
+    )
+    (r0, r1), (c0, c1) = region
+    mh, mw = (max(2.0, n / 4) for n in shape)
+    ax.set_xlim(
+        max(min(-0.5, c0 - 1.0), -0.5 - mw),
+        min(max(shape[1] - 0.5, c1 + 1.0), shape[1] - 0.5 + mw),
+    )
+    ax.set_ylim(
+        min(max(shape[0] - 0.5, r1 + 1.0), shape[0] - 0.5 + mh),
+        max(min(-0.5, r0 - 1.0), -0.5 - mh),
+    )
 
 
 def _colormap(name: str) -> colors.Colormap:
@@ -356,48 +379,7 @@ def alignment_regions(
     n_in = rf.input_shape[axis]
     for i in range(rf.output_shape[axis]):
         base[axis] = i
-        idx = tuple(base)
-        lo, hi = rf.region(idx)[axis]
-        ax.add_patch(
-            Rectangle(
-                (lo - 0.5, i - 0.4),
-                hi - lo + 1,
-                0.8,
-                color="tab:blue",
-                alpha=0.3,
-                label="unclipped" if i == 0 else None,
-            )
-        )
-        clipped = rf.region(idx, clip=True)
-        if clipped is not None:
-            clo, chi = clipped[axis]
-            ax.add_patch(
-                Rectangle(
-                    (clo - 0.5, i - 0.2),
-                    chi - clo + 1,
-                    0.4,
-                    color="tab:blue",
-                    label="clipped (real pixels)" if i == 0 else None,
-                )
-            )
-        for k, path in enumerate(p for p in rf.paths if not p.is_global):
-            u, v = path.region(idx, rf.input_shape)[axis]
-            y = i + 0.3 - 0.15 * k
-            ax.plot(
-                [float(u) - 0.5, float(v) + 0.5],
-                [y, y],
-                color=f"C{k + 1}",
-                lw=1,
-                label=f"path '{path.name}'" if i == 0 else None,
-            )
-        ax.plot(
-            [float(rf.center(idx)[axis])],
-            [i],
-            marker="o",
-            color="k",
-            ms=3,
-            label="centre" if i == 0 else None,
-        )
+        _draw_output_row(ax, rf, axis, tuple(base), i)
     ax.axvspan(-0.5, n_in - 0.5, color="0.9", zorder=0, label="input")
     ax.set_ylim(rf.output_shape[axis] - 0.5, -0.5)
     ax.autoscale(axis="x")
@@ -408,6 +390,35 @@ def alignment_regions(
     return ax
 
 
+def _draw_output_row(ax: Axes, rf: ReceptiveField, axis: int, idx: tuple, i: int) -> None:
+    """Row ``i`` of :func:`alignment_regions`: the bars, path lines and centre of output ``idx``.
+
+    Legend labels go on row 0 only, so each kind of mark appears once in a legend.
+    """
+    first = i == 0
+    lo, hi = rf.region(idx)[axis]
+    unclipped = "unclipped" if first else None
+    ax.add_patch(
+        Rectangle(
+            (lo - 0.5, i - 0.4), hi - lo + 1, 0.8, color="tab:blue", alpha=0.3, label=unclipped
+        )
+    )
+    clipped = rf.region(idx, clip=True)
+    if clipped is not None:
+        clo, chi = clipped[axis]
+        label = "clipped (real pixels)" if first else None
+        ax.add_patch(
+            Rectangle((clo - 0.5, i - 0.2), chi - clo + 1, 0.4, color="tab:blue", label=label)
+        )
+    for k, path in enumerate(p for p in rf.paths if not p.is_global):
+        u, v = path.region(idx, rf.input_shape)[axis]
+        y = i + 0.3 - 0.15 * k
+        label = f"path '{path.name}'" if first else None
+        ax.plot([float(u) - 0.5, float(v) + 0.5], [y, y], color=f"C{k + 1}", lw=1, label=label)
+    centre = float(rf.center(idx)[axis])
+    ax.plot([centre], [i], marker="o", color="k", ms=3, label="centre" if first else None)
+
+
 def fixed_size_feature_map(
     ax: Axes,
     record: LayerRecord,
@@ -415,7 +426,10 @@ def fixed_size_feature_map(
     box_index: Sequence[int] | None = None,
     colour: str = "tab:green",
 ) -> Axes:
-    """Dang Ha The Hien's fixed-size feature-map view of one layer (seed 000, Fig. 1 right).
+    """Dang Ha The Hien's fixed-size feature-map view of one layer.
+
+    As in Fig. 1 (right) of "A guide to receptive field arithmetic for Convolutional Neural
+    Networks" (Dang Ha The Hien, 2017).
 
     The map is drawn at the input's size: the input grid in light grey, each feature as a dot
     at its receptive-field centre ``S i - P + (r - 1)/2`` (per axis, 0-indexed pixel
@@ -474,12 +488,7 @@ def fixed_size_feature_map(
     ax.set_aspect("equal")
     ax.set_title(
         f"{record.name}: {record.output_shape[0]}x{record.output_shape[1]} features, "
-        f"r={_fmt(size)}, j={_fmt(S)}",
+        f"r={format_axes(size)}, j={format_axes(S)}",
         fontsize=9,
     )
     return ax
-
-
-def _fmt(values) -> str:
-    parts = [str(v) for v in values]
-    return parts[0] if len(set(parts)) == 1 else "x".join(parts)

@@ -1,7 +1,9 @@
 """The per-axis algebra (jaxrf._axis): hand-derived cases and property tests.
 
-Expected values are derived by hand in the comments (Distill eqs. (1)-(2) and seed 000's forward
-form), never by running the code under test.
+Expected values are derived by hand in the comments (Distill eqs. (1)-(2) and Dang Ha The Hien's
+forward recurrence), never by running the code under test. The property tests compare with a
+literal enumeration written here (:func:`_spread_reads`), not with jaxrf's own ``Window``
+methods.
 """
 
 from fractions import Fraction
@@ -28,10 +30,31 @@ from jaxrf._axis import (
 
 # -- one layer -----------------------------------------------------------------------------
 
+
+def _spread_reads(w: Window, n: int) -> list[set[int]]:
+    """Which input features each output reads, written out from the textbook definition.
+
+    Build the layer's input row as a list: the ``n`` features with ``D - 1`` holes (``None``)
+    between neighbours, ``p`` padding cells before and ``q`` after (negative: crop). Slide the
+    kernel's ``k`` taps, ``d`` cells apart, by ``s`` cells while the last tap stays in the row.
+    """
+    D, (p, q) = w.input_dilation, w.padding
+    row = []
+    for j in range(n):
+        row += [None] * (D - 1 if j else 0) + [j]
+    row = [None] * max(p, 0) + row + [None] * max(q, 0)
+    row = row[max(-p, 0) : len(row) - max(-q, 0)]
+    reads = []
+    while w.stride * len(reads) + w.dilation * (w.kernel - 1) < len(row):
+        start = w.stride * len(reads)
+        reads.append({row[start + w.dilation * t] for t in range(w.kernel)} - {None})
+    return reads
+
+
 # (window, input size, output size, derivation)
 OUTPUT_SIZE_CASES = [
     (Window(3), 5, 3, "5 - 3 + 1"),
-    (Window(3, 2, (1, 1)), 5, 3, "floor((5 + 2 - 3) / 2) + 1 = 3 (seed 000, Fig. 1)"),
+    (Window(3, 2, (1, 1)), 5, 3, "floor((5 + 2 - 3) / 2) + 1 = 3 (Dang Ha The Hien, Fig. 1)"),
     (Window(11, 4), 224, 54, "floor(213 / 4) + 1"),
     (Window(3, 1, (2, 2), dilation=2), 10, 10, "span 5, 10 + 4 - 5 + 1"),
     (Window(2, 1, (1, 1), input_dilation=2), 4, 8, "spread 7, 7 + 2 - 2 + 1"),
@@ -105,7 +128,7 @@ def test_window_relation_hand_cases():
 CHAIN_CASES = [
     # two 3x3 stride-1: r = 1 + 2 + 2 = 5
     ([Window(3), Window(3)], 5, 1, 0),
-    # seed 000 Fig. 1: two 3x3 stride-2 pad-1 convs: r = 1 + 2 + 2*2 = 7, S = 4, P = 1 + 2 = 3
+    # Dang Ha The Hien, Fig. 1: two 3x3 s2 p1 convs: r = 1 + 2 + 2*2 = 7, S = 4, P = 1 + 2 = 3
     ([Window(3, 2, (1, 1)), Window(3, 2, (1, 1))], 7, 4, 3),
     # google-research network 5, axis H: [3] s2 then [3] s2: 1 + 2 + 2*2 = 7, S 4
     ([Window(3, 2), Window(3, 2)], 7, 4, 0),
@@ -128,7 +151,7 @@ def test_chain_hand_values(chain, size, stride, padding):
 
 
 def test_forward_form_seed_000_example():
-    # Seed 000: 5x5 input, conv k3 s2 p1 twice: n 3 then 2; j 2 then 4; r 3 then 7;
+    # Dang Ha The Hien: 5x5 input, conv k3 s2 p1 twice: n 3 then 2; j 2 then 4; r 3 then 7;
     # start 0.5 then 0.5 + (1 - 1) * 1 = 0.5, then 0.5 + (1 - 1) * 2 = 0.5.
     state = forward_form([Window(3, 2, (1, 1))] * 2, 5)
     assert (state.n, state.jump, state.size, state.start) == (2, 4, 7, Fraction(1, 2))
@@ -156,11 +179,11 @@ def test_three_forms_agree(chain, n):
     fwd = forward_form(chain, n)
     assert fwd.size == r
     assert fwd.jump == S
-    # seed 000's start is the 1-based centre of output 0: (r - 1)/2 - P in 0-based terms, + 1/2
+    # the post's start is the 1-based centre of output 0: (r - 1)/2 - P in 0-based terms, + 1/2
     assert fwd.start == Fraction(r - 1, 1) / 2 - P + Fraction(1, 2)
     m = n
     for w in chain:
-        m = w.output_size(m)
+        m = len(_spread_reads(w, m))
     assert fwd.n == m
 
 
@@ -171,9 +194,20 @@ def test_compose_window_equals_set_union(w, n, rows):
     rng = np.random.default_rng(n * 1000 + rows)
     dep = rng.random((n, rows)) < 0.2
     out = compose_window(w, dep)
-    assert out.shape == (w.output_size(n), rows)
-    for i in range(out.shape[0]):
+    reads = _spread_reads(w, n)
+    assert out.shape == (len(reads), rows)
+    for i, features in enumerate(reads):
         expected = set()
-        for j in w.reads(i, n):
+        for j in features:
             expected |= set(np.flatnonzero(dep[j]).tolist())
         assert set(np.flatnonzero(out[i]).tolist()) == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(w=windows, n=st.integers(1, 40))
+def test_window_relation_and_reads_equal_the_enumeration(w, n):
+    reads = _spread_reads(w, n)
+    assert w.output_size(n) == len(reads)
+    rel = window_relation(w, n)
+    assert [set(np.flatnonzero(r).tolist()) for r in rel] == reads
+    assert [set(w.reads(i, n)) for i in range(len(reads))] == reads

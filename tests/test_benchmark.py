@@ -1,8 +1,10 @@
-"""Smoke test of experiments/benchmark.py: the --quick run of the crop section writes its CSV.
+"""Smoke tests of experiments/benchmark.py and profile_erf.py (--quick: tiny sizes).
 
-The numbers of a --quick run mean nothing (tiny sizes); what this guarantees is that the script
-runs end to end and that, on the cropped ResNet, the cropped map equals the full-image map and
-the full-image map has no mass outside the crop.
+The numbers of a --quick run mean nothing; what these guarantee is that each section runs end
+to end, that the crop, the constant folding and the cone pruning leave the ERF map equal to the
+plain computation (float32 rounding here; exactly, in float64, in tests/test_fold.py and
+tests/test_prune.py), that ratios are medians of interleaved rounds with their spread, and that
+the GPU entry skips cleanly on a machine without one.
 """
 
 from __future__ import annotations
@@ -42,14 +44,63 @@ def _run(tmp_path: Path, sections: str) -> list[dict[str, str]]:
     return _rows(tmp_path / "benchmark_quick.csv")
 
 
-def test_quick_crop_section(tmp_path):
+def _by_metric(rows, section):
+    return {(r["item"], r["metric"]): r for r in rows if r["section"] == section}
+
+
+def test_quick_crop_and_pruned_maps_agree(tmp_path):
     pytest.importorskip("torch")
-    rows = {(r["section"], r["metric"]): r for r in _run(tmp_path, "c")}
-    diff = rows[("c", "crop vs full-image map, max rel. difference")]
-    outside = rows[("c", "full-image map mass outside the crop")]
-    assert float(diff["value"]) < 1e-5  # float32 rounding at most (exact in float64: test_crop)
-    assert float(outside["value"]) == 0.0
-    assert float(rows[("c", "ratio crop / torch loop")]["value"]) > 0
+    rows = _run(tmp_path, "crop1024")
+    got = {r["metric"]: r for r in rows}
+    # float32 rounding at most (exact in float64: tests/test_prune.py, tests/test_crop.py)
+    assert float(got["pruned vs crop map, max rel. difference"]["value"]) < 1e-5
+    for k in ("crop", "folded + cone-pruned"):
+        ratio = got[f"ratio {k} / torch loop (per round)"]
+        assert float(ratio["value"]) > 0
+        assert "median of 3 rounds, spread" in ratio["note"]
+
+
+def test_quick_flops_section_prunes_work_and_keeps_the_map(tmp_path):
+    rows = _run(tmp_path, "flops")
+    items = {r["item"] for r in rows}
+    assert len(items) == 1  # one size in --quick (224 and 1024 in the full run)
+    for item in items:
+        got = {r["metric"]: float(r["value"]) for r in rows if r["item"] == item}
+        assert got["folded + cone-pruned vs plain map, max rel. difference"] < 1e-5
+        assert got["folded + cone-pruned"] < got["plain ERF step"]
+        assert got["constant-folded"] <= got["plain ERF step"]
+
+
+def test_quick_kernels_are_checked_against_float64(tmp_path):
+    rows = _run(tmp_path, "kernels")
+    names = {r["item"] for r in rows}
+    assert "fwd: Winograd F(2x2,3x3), 16 products" in names
+    assert "bwd: jax.vjp of the conv (what the ERF step runs)" in names
+    for r in rows:
+        assert "max rel. error vs float64" in r["note"]
+
+
+def test_gpu_entry_skips_cleanly_without_gpu(tmp_path):
+    import jax
+
+    try:
+        has_gpu = bool(jax.devices("gpu"))
+    except RuntimeError:
+        has_gpu = False
+    if has_gpu:
+        pytest.skip("a GPU is present: the entry runs instead of skipping")
+    rows = _run(tmp_path, "gpu")
+    assert [r["metric"] for r in rows] == ["skipped"]
+
+
+def test_unknown_section_is_named(tmp_path):
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "experiments" / "benchmark.py"), "--quick"]
+        + ["--sections", "erf999", "--out-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode != 0 and "unknown ['erf999']" in out.stderr
 
 
 def test_profile_erf_quick(tmp_path):
@@ -63,7 +114,8 @@ def test_profile_erf_quick(tmp_path):
         text=True,
     )
     rows = _rows(tmp_path / "profile_erf_quick.csv")
-    assert {r["lowering"] for r in rows} == {"none", "matmul", "patches"}
+    lowerings = {r["lowering"] for r in rows}
+    assert {"none", "folded", "folded+pruned"} <= lowerings
     text = (tmp_path / "profile_erf_quick.csv").read_text()
     summary = {}
     for line in text.splitlines():
@@ -76,19 +128,34 @@ def test_profile_erf_quick(tmp_path):
     # 'matmul' does the same work but for the stem's phase-decomposed input gradient (4 phases
     # x 4x4 taps for a 7x7 stride-2 kernel: 64 products where 49 are useful; +0.4% of the full
     # ResNet-50, +6% of the quick one); 'patches' decomposes every strided convolution so.
-    assert parsed["none"] <= parsed["matmul"] <= 1.1 * parsed["none"]
+    if "matmul" in parsed:  # where jaxrf exports its CPU lowering
+        assert parsed["none"] <= parsed["matmul"] <= 1.1 * parsed["none"]
+    # folding removes elementwise work only; pruning removes products too
+    assert parsed["folded"] == pytest.approx(parsed["none"], rel=1e-6)
+    assert parsed["folded+pruned"] < parsed["none"]
     # lhs-dilated convolutions are charged out * window * in-channels / dilation, which counts
     # a few border taps XLA's exact count leaves out; XLA's total adds the elementwise FLOPs.
     for k in parsed:
         assert 0.8 * xla[k] <= parsed[k] <= 1.05 * xla[k], (k, parsed[k], xla[k])
-    assert (tmp_path / "profile_erf_quick.md").read_text().count("## lowering=") == 3
+    md = (tmp_path / "profile_erf_quick.md").read_text()
+    assert md.count("## lowering=") == len(lowerings)
+    assert "Winograd" in md
 
 
 @pytest.mark.slow
 def test_quick_all_sections(tmp_path):
     pytest.importorskip("torch")
-    rows = _run(tmp_path, "abcde")
-    assert {r["section"] for r in rows} == set("abcde")
+    rows = _run(tmp_path, "support,erf224,crop1024,flops,kernels,memory,analytic,gpu")
+    assert {r["section"] for r in rows} == {
+        "support",
+        "erf224",
+        "crop1024",
+        "flops",
+        "kernels",
+        "memory",
+        "analytic",
+        "gpu",
+    }
 
 
 def test_torch_is_not_a_runtime_dependency():

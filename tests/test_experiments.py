@@ -1,8 +1,10 @@
 """Smoke runs of the experiment scripts with tiny settings (``--quick``) into a temporary folder.
 
 The checks are on what the scripts must write (CSV with provenance, PNG) and on numbers that
-are exact by hand: seed 000's recurrence values, and the closed-form uniform ERF (a 2-layer
-3x3 box stack: per-axis std sqrt(2 * 8 / 12) = 1.1547).
+are exact by hand: the values of Dang Ha The Hien's recurrence, and the closed-form uniform ERF
+(a 2-layer 3x3 box stack: per-axis std sqrt(2 * 8 / 12) = 1.1547). Where a script measures a
+random quantity, the test checks the outcome against a hand-derived or published expectation,
+never by re-deriving the script's own verdict from its numbers.
 """
 
 import subprocess
@@ -56,10 +58,10 @@ def test_analytic_scripts_write_csv_with_provenance_and_png(script, analytic_res
 
 
 def test_feature_map_visualisation_numbers(analytic_results):
-    # Seed 000, Fig. 3: 5x5 input, conv1 n 3, j 2, r 3; conv2 n 2, j 4, r 7; start 0.5 both.
+    # Dang Ha The Hien's Fig. 3: 5x5 input, conv1 n 3, j 2, r 3; conv2 n 2, j 4, r 7; start 0.5.
     _, rows = _read(analytic_results / "feature_map_visualisation.csv")
     five = [
-        (r["layer"], r["n"], r["jump"], r["size"], r["start_seed000_convention"])
+        (r["layer"], r["n"], r["jump"], r["size"], r["start_post_convention"])
         for r in rows
         if r["input_size"] == "5"
     ]
@@ -102,22 +104,31 @@ def test_zoo_theory_vs_measured_quick(tmp_path):
     # Luo's 5-layer 3x3 stack at 32x32: r 11, S 1, P 5; centre output (16, 16) reads
     # [16 - 5, 16 + 5] = [11, 21] per axis, inside the image, so the clipped region is that.
     # Distill's misaligned toy: union of [2i - 1, 2i + 1] and [2i, 2i + 1]: 3 / 2 / 1.
+    # AlexNet v2 (Araujo et al.'s table: 195 / 32 / 64): the corner output reads [-64, 130],
+    # clipped [0, 130]; the smallest side leaving part of the image out is r - P + 1 = 132.
     _run("zoo_theory_vs_measured", tmp_path, "--quick")
     meta, rows = _read(tmp_path / "zoo_theory_vs_measured.csv")
     assert meta["script"] == "experiments/zoo_theory_vs_measured.py"
     by_name = {r["network"]: r for r in rows}
-    luo = by_name["luo_relu"]
+    luo = by_name["luo_dropout"]
     assert (luo["size"], luo["stride"], luo["padding"]) == ("11", "1", "5")
     assert luo["clipped_region"] == "[11, 21] x [11, 21]"
+    # Dropout active: 8 masks for the one quick sample, each a full ERF pass.
+    assert (luo["dropout_masks"], luo["erf_samples"]) == ("8", "8")
     mis = by_name["distill_misaligned"]
     assert (mis["size"], mis["stride"], mis["padding"], mis["aligned"]) == ("3", "2", "1", "False")
+    alex = by_name["alexnet_v2"]
+    assert (alex["measure_input"], alex["output_index"]) == ("132x132", "0x0")
+    assert alex["clipped_region"] == "[0, 130] x [0, 130]"
+    assert all(r["whole_image"] == "False" for r in rows)
+    assert meta["note3"].endswith(": 0")
     assert all(r["structural_equals_clipped"] == "yes" for r in rows)
     assert all(r["matches_expected"] == "True" for r in rows)
     assert 0 < float(luo["erf_share_in_rf"]) <= 1
     md = (tmp_path / "zoo_theory_vs_measured.md").read_text()
     tex = (tmp_path / "zoo_theory_vs_measured.tex").read_text()
-    assert "| luo\\_relu |" not in md and "| luo_relu |" in md
-    assert "luo\\_relu &" in tex and "\\begin{tabular}" in tex and "\\bottomrule" in tex
+    assert "| luo\\_dropout |" not in md and "| luo_dropout |" in md
+    assert "luo\\_dropout &" in tex and "\\begin{tabular}" in tex and "\\bottomrule" in tex
 
 
 @pytest.mark.slow
@@ -138,12 +149,21 @@ def test_luo_findings_quick(tmp_path):
     # 4 layers, hand: plain 1 + 4 * 2 = 9; dilation 2 (span 5): 1 + 4 * 4 = 17; stride 2 at
     # layers 1 and 3: r = 3, 5 (S 2), 9, 13 (S 4) -> 13; skips leave the RF alone.
     assert rf == {"reference": 9, "dropout": 9, "subsampling": 13, "dilation": 17, "skip": 9}
-    for r in rows:  # the verdict follows from the numbers, whatever they are
-        ratio = float(r["erf_std_over_baseline"])
-        if r["finding"] == "dropout":
-            assert r["verdict"] == ("shape kept" if abs(ratio - 1) <= 0.1 else "shape changed")
-        elif r["finding"] != "reference":
-            assert r["verdict"] == ("grows" if ratio > 1 else "shrinks")
+    # Outcomes, measured at fixed seeds with random weights (so sample-dependent), against Luo et
+    # al.'s findings (NeurIPS 2016, Sec. 4): dropout keeps the ERF's shape, subsampling and
+    # dilation grow it, skip connections shrink it.
+    by_finding = {r["finding"]: r for r in rows}
+    verdicts = {f: by_finding[f]["verdict"] for f in rf if f != "reference"}
+    assert verdicts == {
+        "dropout": "shape kept",
+        "subsampling": "grows",
+        "dilation": "grows",
+        "skip": "shrinks",
+    }
+    # Dilation 2 at stride 1: the centre output reads only its own parity sub-lattice of the
+    # input, through the plain stack's weights, so its gradient map is the plain map spread by
+    # 2 and its std twice the baseline's in expectation (2 samples here: loosely).
+    assert 1.5 < float(by_finding["dilation"]["erf_std_over_baseline"]) < 2.7
     assert (tmp_path / "luo_findings.md").read_text().count("\n| 4 |") == 5
 
 
@@ -167,4 +187,11 @@ def test_erf_training_quick(tmp_path):
     assert rows[0]["theoretical_rf"] == "9"  # 4 3x3 layers and a 1x1 head: 1 + 4 * 2
     # The target's ERF is a Gaussian of std 5 truncated at 3 sigma: std just under 5.
     assert 4.7 < float(rows[0]["target_std"]) < 5.0
-    assert rows[-1]["grew"] == str(float(rows[-1]["erf_std"]) > float(rows[0]["erf_std"]))
+    # Training works: the test error falls far below its value at initialisation.
+    assert float(rows[-1]["test_mse"]) < float(rows[0]["test_mse"]) / 10
+    # The gradient of a 9-pixel RF lives in 9 pixels per axis: all of it inside the RF, and a
+    # per-axis std of at most the half-width 4.
+    assert all(float(r["erf_share_in_rf"]) == 1.0 for r in rows)
+    assert all(0 < float(r["erf_std"]) <= 4 for r in rows)
+    # Luo et al. (Sec. 5): the ERF grows with training, towards the wider target (std ~5).
+    assert rows[-1]["grew"] == "True"

@@ -1,11 +1,12 @@
 """from_layers and ReceptiveField: hand networks, published numbers, clipping, graphs, errors.
 
 Sources of the expected values:
-- google-research/receptive_field's hand test networks (receptive_field_computation_test.py),
-  as restated in ../shared/notes/receptive-field-math.md;
+- google-research/receptive_field's hand test networks (receptive_field_computation_test.py);
 - Araujo et al. (Distill 2019) published table: AlexNet v2 pool5 195/32/64, VGG-16 pool5
   212/32/90 at input 224;
-- hand derivations written next to each case.
+- hand derivations written next to each case;
+- for the property tests, a literal enumeration written in this file (the padded row laid out
+  as a list, the dilated kernel slid along it), independent of jaxrf's per-axis algebra.
 """
 
 import itertools
@@ -18,7 +19,6 @@ from hypothesis import assume, given, settings
 
 import jaxrf
 from jaxrf import Global, Layer, MisalignmentWarning, Parallel, from_layers
-from jaxrf._axis import Window
 
 # -- published networks as layer lists --------------------------------------------------------
 
@@ -62,7 +62,7 @@ def test_published_networks(name, layers, size, stride, padding):
 
 
 def test_alexnet_per_layer_records_match_the_published_end_points():
-    # Rows of ../shared/data/araujo_receptive_field_table.csv for alexnet_v2 at 224.
+    # Rows of Araujo et al.'s published table (Distill 2019) for alexnet_v2 at 224.
     published = {
         "conv1": (11, 4, 0),
         "pool1": (19, 8, 0),
@@ -256,34 +256,52 @@ windows = st.builds(
 )
 
 
-def _brute_force_sets(chain, n, i):
-    """Input pixels that output i of a chain of Windows reads, by enumerating sets."""
+def _layer_reads(k, s, pad, d, n):
+    """What each output of one layer reads, written out: lay the padded row out as a list
+    (``None`` for padding; negative padding crops) and slide the dilated kernel along it
+    while it fits. Returns one set of input pixels per output."""
+    p, q = pad
+    row = [None] * max(p, 0) + list(range(n)) + [None] * max(q, 0)
+    row = row[max(-p, 0) : len(row) - max(-q, 0)]
+    outputs = []
+    while s * len(outputs) + d * (k - 1) < len(row):
+        start = s * len(outputs)
+        outputs.append({row[start + d * t] for t in range(k)} - {None})
+    return outputs
+
+
+def _brute_force_sizes(chain, n):
+    """Feature-map sizes along a chain of ``(k, s, pad, d)`` layers, by enumeration."""
     sizes = [n]
-    for w in chain:
-        sizes.append(w.output_size(sizes[-1]))
+    for k, s, pad, d in chain:
+        sizes.append(len(_layer_reads(k, s, pad, d, sizes[-1])))
+    return sizes
+
+
+def _brute_force_sets(chain, n, i):
+    """Input pixels that output i of a chain of ``(k, s, pad, d)`` layers reads, as sets."""
+    sizes = _brute_force_sizes(chain, n)
     current = {i}
-    for w, m in zip(reversed(chain), reversed(sizes[:-1]), strict=True):
-        current = {j for x in current for j in w.reads(x, m)}
+    for (k, s, pad, d), m in zip(reversed(chain), reversed(sizes[:-1]), strict=True):
+        reads = _layer_reads(k, s, pad, d, m)
+        current = {j for x in current for j in reads[x]}
     return current
 
 
 @settings(max_examples=150, deadline=None)
 @given(spec=st.lists(windows, min_size=1, max_size=6), n=st.integers(8, 60))
 def test_chain_regions_equal_brute_force(spec, n):
-    chain = [Window(k, s, pad, d) for k, s, pad, d in spec]
-    sizes = [n]
-    for w in chain:
-        sizes.append(w.output_size(sizes[-1]))
+    sizes = _brute_force_sizes(spec, n)
     assume(0 not in sizes)
     rf = from_layers([Layer(k, stride=s, padding=[pad], dilation=d) for k, s, pad, d in spec], (n,))
     for i in range(sizes[-1]):
-        pixels = _brute_force_sets(chain, n, i)
+        pixels = _brute_force_sets(spec, n, i)
         expected = ((min(pixels), max(pixels)),) if pixels else None
         assert rf.region((i,), clip=True) == expected
-        # Unclipped: walk [i, i] back with a -> s a - p, b -> s b - p + k' - 1 (no clipping).
+        # Unclipped: walk [i, i] back with a -> s a - p, b -> s b - p + d (k - 1) (no clipping).
         a = b = i
-        for w in reversed(chain):
-            a, b = w.stride * a - w.padding[0], w.stride * b - w.padding[0] + w.span - 1
+        for k, s, (p, _), d in reversed(spec):
+            a, b = s * a - p, s * b - p + d * (k - 1)
         assert rf.region((i,)) == ((a, b),)
         assert rf.index_at(rf.center((i,))) == (i,)
 
@@ -295,23 +313,18 @@ def test_chain_regions_equal_brute_force(spec, n):
     n=st.integers(10, 40),
 )
 def test_two_branch_clipped_region_is_hull_of_branches(left, right, n):
-    chains = [[Window(k, s, pad, d) for k, s, pad, d in spec] for spec in (left, right)]
+    chains = [list(left), list(right)]
     ends = []
     for chain in chains:
-        m = n
-        for w in chain:
-            m = w.output_size(m)
-            assume(m > 0)
-        ends.append(m)
+        sizes = _brute_force_sizes(chain, n)
+        assume(0 not in sizes)
+        ends.append(sizes[-1])
     # Pad or crop the right branch at its end so both branches end at the same size.
-    chains[1].append(Window(1, 1, (0, ends[0] - ends[1])))
+    chains[1].append((1, 1, (0, ends[0] - ends[1]), 1))
     net = [
         Parallel(
             [
-                [
-                    Layer(w.kernel, stride=w.stride, padding=[w.padding], dilation=w.dilation)
-                    for w in chain
-                ]
+                [Layer(k, stride=s, padding=[pad], dilation=d) for k, s, pad, d in chain]
                 for chain in chains
             ]
         )

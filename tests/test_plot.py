@@ -115,26 +115,25 @@ def test_erf_heatmap_errors(kwargs, error, match):
 
 # -- rf_growth ----------------------------------------------------------------------------
 
-ALEXNET_V2 = [
-    Layer(11, stride=4, padding="VALID", name="conv1"),
-    Layer(3, stride=2, name="pool1", op="max_pool"),
-    Layer(5, padding="SAME", name="conv2"),
-    Layer(3, stride=2, name="pool2", op="max_pool"),
-    Layer(3, padding="SAME", name="conv3"),
-    Layer(3, padding="SAME", name="conv4"),
-    Layer(3, padding="SAME", name="conv5"),
-    Layer(3, stride=2, name="pool5", op="max_pool"),
+VGG_16_TO_POOL3 = [
+    *(Layer(3, padding="SAME", name=f"conv1_{u}") for u in (1, 2)),
+    Layer(2, stride=2, name="pool1", op="max_pool"),
+    *(Layer(3, padding="SAME", name=f"conv2_{u}") for u in (1, 2)),
+    Layer(2, stride=2, name="pool2", op="max_pool"),
+    *(Layer(3, padding="SAME", name=f"conv3_{u}") for u in (1, 2, 3)),
+    Layer(2, stride=2, name="pool3", op="max_pool"),
 ]
 
 
-def test_rf_growth_plots_the_published_alexnet_sizes(pyplot_untouched):
-    # Araujo et al. table, alexnet_v2 at 224: conv1 11, pool1 19, conv2 51, pool2 67, conv3 99,
-    # conv4 131, conv5 163, pool5 195.
+def test_rf_growth_plots_the_published_vgg_sizes(pyplot_untouched):
+    # By hand, a 3x3 conv adds 2 S and a 2x2/2 pool adds S, then doubles S: 3, 5, 6 (S 2),
+    # 10, 14, 16 (S 4), 24, 32, 40, 44. Araujo et al.'s table (vgg_16 at 224) lists conv1_1 3,
+    # pool1 6, conv2_1 10, pool2 16, conv3_1 24, conv3_2 32, pool3 44.
     ax = _ax()
-    assert jplot.rf_growth(ax, jaxrf.from_layers(ALEXNET_V2, (224, 224)), log=True) is ax
+    assert jplot.rf_growth(ax, jaxrf.from_layers(VGG_16_TO_POOL3, (224, 224)), log=True) is ax
     (line,) = ax.lines  # both axes agree: one line
-    assert line.get_ydata().tolist() == [11, 19, 51, 67, 99, 131, 163, 195]
-    assert [t.get_text() for t in ax.get_xticklabels()][:2] == ["conv1", "pool1"]
+    assert line.get_ydata().tolist() == [3, 5, 6, 10, 14, 16, 24, 32, 40, 44]
+    assert [t.get_text() for t in ax.get_xticklabels()][:3] == ["conv1_1", "conv1_2", "pool1"]
     assert ax.get_yscale() == "log"
 
 
@@ -215,7 +214,7 @@ def test_alignment_regions_axis_error():
 
 
 def test_fixed_size_feature_map_of_seed_000(pyplot_untouched):
-    # Seed 000 (Dang Ha The Hien), 5x5 input, two 3x3 stride-2 pad-1 convs. Layer 2: n = 2,
+    # Dang Ha The Hien's post, 5x5 input, two 3x3 stride-2 pad-1 convs. Layer 2: n = 2,
     # j = 4, r = 3 + 2*2 = 7, start (0-indexed) = -P + (r-1)/2 = -3 + 3 = 0: centres 0 and 4.
     rf = jaxrf.from_layers([Layer(3, stride=2, padding=1)] * 2, (5, 5))
     ax = jplot.fixed_size_feature_map(_ax(), rf.layers[1], (5, 5), box_index=(1, 0))

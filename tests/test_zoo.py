@@ -2,8 +2,10 @@
 
 Expected values are typed here from their sources, independently of the registry:
 
-* TF-Slim nets: the rows of Araujo et al.'s table (``shared/data/
-  araujo_receptive_field_table.csv``, ``input_resolution`` 224, the end point named).
+* TF-Slim nets: the rows of the receptive-field table published with Araujo et al. (Distill
+  2019; google-research/receptive_field), ``input_resolution`` 224, the end point named. jaxrf
+  ships that table (``jaxrf.models.araujo_table``); a test checks the shipped copy against the
+  rows typed here.
 * torchvision ResNet-50, U-Net, DeepLab, the Distill and Luo toys: hand derivations written out
   in the docstrings of ``jaxrf/models/{resnet,unet,deeplab,toys}.py`` and
   ``jaxrf/models/__init__.py``.
@@ -62,9 +64,9 @@ RF_TABLE = {
     "mtcnn_onet": (33, 8, 0, True, (3, 3), "jaxrf/models/mtcnn.py"),
 }
 
-# Every TF-Slim row of Araujo et al.'s table at input 224 for the networks in the zoo, copied
-# from shared/data/araujo_receptive_field_table.csv (columns cnn, end_point without the "cnn/"
-# prefix, rf, effective_stride, effective_padding).
+# Every TF-Slim row of Araujo et al.'s table at input 224 for the networks in the zoo, typed
+# from the published table (columns cnn, end_point without the "cnn/" prefix, rf,
+# effective_stride, effective_padding).
 END_POINT_ROWS = [
     ("alexnet_v2", "conv1", 11, 4, 0),
     ("alexnet_v2", "pool1", 19, 8, 0),
@@ -363,3 +365,21 @@ def test_bad_luo_options(options, match):
 def test_init_dtype(name):
     variables = zoo.get(name).init(dtype=jnp.bfloat16)
     assert {leaf.dtype for leaf in jax.tree.leaves(variables)} == {jnp.dtype(jnp.bfloat16)}
+
+
+def _araujo_end_point(cnn: str, end_point: str) -> str:
+    """The table prefixes most end points with ``cnn/``; MobileNet and Inception do not."""
+    return end_point if cnn in ("mobilenet_v1", "inception_v3") else f"{cnn}/{end_point}"
+
+
+@pytest.mark.parametrize("cnn, end_point, r, s, p", END_POINT_ROWS)
+def test_shipped_araujo_table_has_the_published_rows(cnn, end_point, r, s, p):
+    row = zoo.araujo_row(cnn, _araujo_end_point(cnn, end_point), 224)
+    assert (row.rf, row.effective_stride, row.effective_padding) == (r, s, p)
+
+
+def test_shipped_araujo_table_size_and_unknown_row():
+    # 561 data rows in the published CSV (20 networks, several input resolutions).
+    assert len(zoo.araujo_table()) == 561
+    with pytest.raises(ValueError, match=r"no row .*end points listed for 'vgg_16': .*pool5"):
+        zoo.araujo_row("vgg_16", "vgg_16/pool6")

@@ -14,8 +14,8 @@ ports, torchvision ports) read most directly as linen's ``@nn.compact``.
 
 Weights are random (no downloads). Large nets are initialised from their parameter *shapes*
 (``jax.eval_shape`` of ``model.init``, no compilation) then filled: He-normal kernels, zero
-biases, batch-norm scale 1, mean 0, variance 1. Initialising ResNet-152 through
-``jax.jit(model.init)`` instead costs about 30 s of XLA compilation on two CPU cores.
+biases, batch-norm scale 1, mean 0, variance 1, so building a zoo net compiles nothing
+(``jax.jit(model.init)`` would compile the whole initialiser).
 
 Example:
     >>> import jax.numpy as jnp
@@ -42,6 +42,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import deeplab, mtcnn, resnet, slim, toys, unet
+from .araujo import AraujoRow as AraujoRow
+from .araujo import araujo_row as araujo_row
+from .araujo import araujo_table as araujo_table
 
 Shape = tuple[int, int, int, int]
 
@@ -188,7 +191,13 @@ def _fill(shapes, key: jax.Array):
 # The registry.
 # ---------------------------------------------------------------------------------------
 
-_ARAUJO = "Araujo et al. table (shared/data/araujo_receptive_field_table.csv), {} at input 224"
+
+def _from_araujo(cnn: str, end_point: str) -> Expected:
+    """Expected values from the shipped Araujo et al. table, at input resolution 224."""
+    row = araujo_row(cnn, end_point, 224)
+    return _square(row.rf, row.effective_stride, row.effective_padding, row.source)
+
+
 _IMAGENET: Shape = (1, 224, 224, 3)
 _ENTRIES: dict[str, ZooEntry] = {}
 
@@ -202,7 +211,7 @@ _register(
         "alexnet_v2",
         slim.AlexNetV2,
         _IMAGENET,
-        _square(195, 32, 64, _ARAUJO.format("alexnet_v2,224,alexnet_v2/pool5")),
+        _from_araujo("alexnet_v2", "alexnet_v2/pool5"),
         (1, 67, 67, 3),
         description="TF-Slim AlexNet v2 up to pool5",
     )
@@ -212,19 +221,19 @@ _register(
         "vgg_16",
         slim.VGG16,
         _IMAGENET,
-        _square(212, 32, 90, _ARAUJO.format("vgg_16,224,vgg_16/pool5")),
+        _from_araujo("vgg_16", "vgg_16/pool5"),
         (1, 32, 32, 3),
         description="TF-Slim VGG-16 up to pool5",
     )
 )
-for _depth, (_r, _p) in {50: (483, 239), 101: (1027, 511), 152: (1507, 751)}.items():
+for _depth in (50, 101, 152):
     _name = f"resnet_v1_{_depth}"
     _register(
         ZooEntry(
             _name,
             slim.resnet_v1,
             _IMAGENET,
-            _square(_r, 32, _p, _ARAUJO.format(f"{_name},224,{_name}/block4")),
+            _from_araujo(_name, f"{_name}/block4"),
             (1, 32, 32, 3),
             {"depth": _depth},
             description=f"TF-Slim ResNet v1 {_depth} up to block4 (stride in last unit)",
@@ -235,7 +244,7 @@ _register(
         "mobilenet_v1",
         slim.MobileNetV1,
         _IMAGENET,
-        _square(315, 32, 126, _ARAUJO.format("mobilenet_v1,224,Conv2d_13_pointwise")),
+        _from_araujo("mobilenet_v1", "Conv2d_13_pointwise"),
         (1, 32, 32, 3),
         description="TF-Slim MobileNet v1 up to Conv2d_13_pointwise",
     )
@@ -245,7 +254,7 @@ _register(
         "inception_v3",
         slim.InceptionV3,
         _IMAGENET,
-        _square(1311, 32, 618, _ARAUJO.format("inception_v3,224,Mixed_7c")),
+        _from_araujo("inception_v3", "Mixed_7c"),
         (1, 75, 75, 3),
         description="TF-Slim Inception v3 up to Mixed_7c",
     )
@@ -259,7 +268,7 @@ _register(
             427,
             32,
             213,
-            "hand derivation in jaxrf/models/resnet.py; receptive-field-math.md quotes 427/32/213",
+            "hand derivation in jaxrf/models/resnet.py",
         ),
         (1, 32, 32, 3),
         description="torchvision-layout ResNet-50 (stride in first unit)",

@@ -2,10 +2,10 @@
 
 Each follows the layer order, kernel sizes, strides and padding of ``tensorflow/models``,
 ``research/slim/nets/{alexnet,vgg,resnet_v1,resnet_utils,mobilenet_v1,inception_v3}.py``, so
-that tracing it reproduces Araujo et al.'s published receptive fields (google-research/
-receptive_field, table in ``shared/notes/receptive-field-math.md``). Arrays are NHWC. By default
-each network stops at the end point of the published table (no classifier head);
-``num_classes`` adds Slim's head where that is cheap.
+that tracing it reproduces the receptive fields published with Araujo et al., Distill 2019
+(shipped as :func:`jaxrf.models.araujo_table`). Arrays are NHWC. By default each network
+stops at the end point of the published table (no classifier head); ``num_classes`` adds
+Slim's head where that is cheap.
 
 ``width`` scales every channel count (Slim's ``depth_multiplier``): receptive fields do not
 depend on channels, and narrow nets keep tests fast. ``width=1.0`` is the published network.

@@ -4,7 +4,7 @@
   Zemel, "Understanding the Effective Receptive Field in Deep CNNs" (NeurIPS 2016), with the
   knobs the paper turns: uniform or random weights, a nonlinearity (none, ReLU, tanh, sigmoid),
   dropout, subsampling (stride 2), dilation, and residual skip connections.
-* :class:`TwoBranch`: the shape of Araujo et al.'s (Distill 2019, seed 001) alignment figures:
+* :class:`TwoBranch`: the shape of Araujo et al.'s (Distill 2019) alignment figures:
   three convolutions on two branches, then an addition. The extracted article lost the figures'
   layer parameters, so the two toys here are our construction following its text ("padding is
   used only for the left branch"); their numbers are hand-derived below, not quoted.
