@@ -27,7 +27,7 @@ from ._probe import SupportMap as SupportMap
 from ._probe import actual_receptive_field as actual_receptive_field
 from ._probe import gradient_map as gradient_map
 from ._probe import support_map as support_map
-from ._rules import register_rule as register_rule
+from ._registry import register_rule as register_rule
 from ._stats import AreaRatio as AreaRatio
 from ._stats import LuoSize as LuoSize
 from ._stats import area_ratio as area_ratio

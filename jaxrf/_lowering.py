@@ -32,9 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.extend import core as jcore
 
-from ._jaxpr import bind, interpret
+from ._walk import bind, walk
 
 #: ``lowering=`` values: ``"matmul"`` (1x1 convolutions as products, strided image stems
 #: with a phase-decomposed gradient, max-pool gradients as slices), ``"patches"`` (every
@@ -42,8 +41,6 @@ from ._jaxpr import bind, interpret
 #: ``"matmul"``), ``"none"`` (the network's own operations), ``"auto"`` (``"matmul"`` on CPU
 #: devices, ``"none"`` elsewhere).
 LOWERINGS = ("auto", "matmul", "patches", "none")
-
-_INLINE = ("pjit", "jit", "closed_call", "core_call")
 
 
 def _plain(params) -> bool:
@@ -355,28 +352,42 @@ def _pool_eligible(params, dtype) -> bool:
     return all(d == 1 for d in params["base_dilation"]) and jnp.issubdtype(dtype, jnp.floating)
 
 
-def _run(jaxpr, consts, args, policy):
-    def rule(eqn, vals):
-        name = eqn.primitive.name
-        how = (
-            name == "conv_general_dilated"
-            and 0 not in eqn.outvars[0].aval.shape  # an empty output stays XLA's
-            and eligible(eqn.params, vals[1].shape, policy)
-        )
-        if how:
-            with eqn.ctx.manager:
-                return [conv_as_dot(*vals, how=how, **eqn.params)]
-        if name == "reduce_window_max" and _pool_eligible(eqn.params, vals[0].dtype):
-            with eqn.ctx.manager:
-                return [max_pool(vals[0], _Static.of(eqn.params))]
-        if name in _INLINE:
-            sub = eqn.params.get("jaxpr", eqn.params.get("call_jaxpr"))
-            if isinstance(sub, jcore.ClosedJaxpr):
-                return _run(sub.jaxpr, sub.consts, vals, policy)
-            return _run(sub, [], vals, policy)
+def lower_conv(eqn, vals, policy: str):
+    """Registry lowering of ``conv_general_dilated``: patches x matrix, or None (kept)."""
+    how = (
+        0 not in eqn.outvars[0].aval.shape  # an empty output stays XLA's
+        and eligible(eqn.params, vals[1].shape, policy)
+    )
+    if not how:
+        return None
+    with eqn.ctx.manager:
+        return [conv_as_dot(*vals, how=how, **eqn.params)]
+
+
+def lower_max_pool(eqn, vals, policy: str):
+    """Registry lowering of ``reduce_window_max``: :func:`max_pool`, or None (kept)."""
+    if not _pool_eligible(eqn.params, vals[0].dtype):
+        return None
+    with eqn.ctx.manager:
+        return [max_pool(vals[0], _Static.of(eqn.params))]
+
+
+def _run(program, args, policy):
+    from ._registry import REGISTRY
+
+    def visit(eqn, vals, site):
+        entry = REGISTRY.get(eqn.primitive.name)
+        if entry is not None and callable(entry.lowering):
+            outs = entry.lowering(eqn, vals, policy)
+            if outs is not None:
+                return outs
         return bind(eqn, vals)
 
-    return interpret(jaxpr, consts, args, rule)
+    def inline(eqn, vals) -> bool:
+        entry = REGISTRY.get(eqn.primitive.name)
+        return entry is not None and entry.lowering == "inline"
+
+    return walk(program, args, visit, descend=inline)
 
 
 def lower_convs(fn: Callable, policy: str = "matmul") -> Callable:
@@ -401,7 +412,7 @@ def lower_convs(fn: Callable, policy: str = "matmul") -> Callable:
     def lowered(*args):
         closed, shape = jax.make_jaxpr(fn, return_shape=True)(*args)
         flat = jax.tree_util.tree_leaves(args)
-        outs = _run(closed.jaxpr, closed.consts, flat, policy)
+        outs = _run(closed, flat, policy)
         return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(shape), outs)
 
     return lowered
