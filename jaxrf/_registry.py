@@ -179,7 +179,9 @@ def interval_rules() -> dict[str, Callable]:
 
 def analytic_primitives() -> list[str]:
     """Names of the primitives the analytic walk handles (rules and containers)."""
-    return sorted(n for n, e in REGISTRY.items() if e.interval is not None or e.container)
+    return sorted(
+        n for n, e in REGISTRY.items() if e.interval is not None or isinstance(e.container, str)
+    )
 
 
 def _entry_for(name: str, rule, structural) -> Entry:
@@ -236,4 +238,14 @@ def register_rule(name: str, rule: Callable | str, *, structural: Callable | str
         >>> import jaxrf
         >>> jaxrf.register_rule("my_activation", "elementwise")
     """
+    global _GENERATION
     REGISTRY[name] = _entry_for(name, rule, structural)
+    _GENERATION += 1
+
+
+_GENERATION = 0
+
+
+def generation() -> int:
+    """How many times :func:`register_rule` has changed the registry (for caches)."""
+    return _GENERATION

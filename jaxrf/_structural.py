@@ -403,11 +403,18 @@ def structural_pullback(fn: Callable, x, *, unknown: str = "raise") -> Callable:
         bool(getattr(x, "weak_type", False)),
         unknown,
         bool(jax.config.jax_enable_x64),
+        _registry_generation(),
     )
     cache = per_object_cache(fn)
     if key not in cache:
         cache[key] = _build_pullback(fn, x, unknown)
     return cache[key]
+
+
+def _registry_generation() -> int:
+    from ._registry import generation
+
+    return generation()
 
 
 def _build_pullback(fn: Callable, x, unknown: str) -> Callable:
