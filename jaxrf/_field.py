@@ -379,10 +379,6 @@ class ReceptiveField:
     output_shape: Index
     aligned: bool
     is_global: bool = False
-    #: Where the map is in the traced program: ``(path, k)``, output ``k`` of the equation at
-    #: ``path`` (equation indices through nested sub-programs, see :class:`jaxrf._walk.Site`);
-    #: None for layer lists.
-    source: tuple[tuple[int, ...], int] | None = field(default=None, compare=False)
     paths: tuple[Path, ...] = field(default=(), repr=False)
     layers: tuple[LayerRecord, ...] = field(default=(), repr=False, compare=False)
     _terms: tuple[Term, ...] = field(default=(), repr=False, compare=False)
