@@ -107,7 +107,8 @@ REGISTRY: dict[str, Entry] = {
     "conv_general_dilated": Entry(R.conv, "bilinear", "conv", L.lower_conv),
     "reduce_window_max": Entry(R.reduce_window, S.window_sum_surrogate, "same", L.lower_max_pool),
     **dict.fromkeys(
-        ["reduce_window_min", "reduce_window"], Entry(R.reduce_window, S.window_sum_surrogate)
+        ["reduce_window_min", "reduce_window"],
+        Entry(R.reduce_window, S.window_sum_surrogate, "same"),
     ),
     "reduce_window_sum": Entry(R.reduce_window, S.keep_surrogate, "same"),
     "pad": Entry(R.pad, S.keep_surrogate, "same"),

@@ -15,7 +15,7 @@ axes flattened into one, as in a (B, H*W, C) token sequence). The label function
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -113,8 +113,6 @@ class Context:
 
 
 def _with_source(record: LayerRecord, source) -> LayerRecord:
-    from dataclasses import replace
-
     return replace(record, source=source)
 
 

@@ -16,8 +16,8 @@ from collections.abc import Callable, Mapping, Sequence
 import jax
 from jax.extend import core as jex
 
+from . import _registry
 from ._field import FieldState, GlobalReceptiveFieldWarning, LayerRecord, ReceptiveField
-from ._registry import REGISTRY, analytic_primitives, interval_rules
 from ._rules import (
     Constant,
     Context,
@@ -112,7 +112,7 @@ class _Analytic:
             raise TypeError(
                 f"jaxrf has no receptive-field rule for primitive '{name}', traced from "
                 f"{locate(eqn, ctx.site)}. Supported primitives: "
-                f"{', '.join(analytic_primitives())}. Either register a rule with "
+                f"{', '.join(_registry.analytic_primitives())}. Either register a rule with "
                 f"jaxrf.register_rule('{name}', rule) (e.g. rule='elementwise'), or call "
                 "receptive_field(..., unknown='global') to treat it as global (every output "
                 "reads the whole input), with a warning."
@@ -154,7 +154,7 @@ def _layout_step(eqn, maps, site):
     """Per output, the input axis each array axis holds (None: untracked)."""
     n_out = len(eqn.outvars)
     tracked = [(k, m) for k, m in enumerate(maps) if m is not None]
-    entry = REGISTRY.get(eqn.primitive.name)
+    entry = _registry.REGISTRY.get(eqn.primitive.name)
     layout = entry.layout if entry is not None else None
     if not tracked or layout is None:
         return [None] * n_out
@@ -277,7 +277,7 @@ def receptive_field(
     shape = tuple(jaxpr.invars[0].aval.shape)
     axes = _spatial_axes(spatial_axes, len(shape), closed)
     input_shape = tuple(shape[a] for a in axes)
-    table = {**interval_rules(), **(rules or {})}
+    table = {**_registry.interval_rules(), **(rules or {})}
     analytic = _Analytic(table, unknown, len(axes))
     labels = tuple(axes.index(p) if p in axes else None for p in range(len(shape)))
     start = Dependent(FieldState.input(input_shape), labels)
