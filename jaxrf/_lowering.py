@@ -383,7 +383,7 @@ def _run(program, args, policy):
                 return outs
         return bind(eqn, vals)
 
-    def inline(eqn, vals) -> bool:
+    def inline(eqn, vals, site) -> bool:
         entry = REGISTRY.get(eqn.primitive.name)
         return entry is not None and entry.lowering == "inline"
 

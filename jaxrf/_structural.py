@@ -332,7 +332,7 @@ class _Rewriter:
         return outs
 
 
-def _any_dep(eqn, vals) -> bool:
+def _any_dep(eqn, vals, site=None) -> bool:
     return any(isinstance(v, Dep) for v in vals)
 
 

@@ -72,7 +72,7 @@ def _lazy(eqn, inputs: Sequence[Value]) -> list[Constant]:
     return [Constant(lambda k=k: run()[k]) for k in range(len(eqn.outvars))]
 
 
-def _dependent(eqn, vals) -> bool:
+def _dependent(eqn, vals, site=None) -> bool:
     return any(isinstance(v, Dependent) for v in vals)
 
 
@@ -183,7 +183,7 @@ def _find_layout(closed, ndim: int):
             [tuple(range(ndim))] + untracked[1:],
             _layout_step,
             wrap=lambda c: None,
-            descend=lambda eqn, maps: any(m is not None for m in maps),
+            descend=lambda eqn, maps, site: any(m is not None for m in maps),
         )
     except _Found as found:
         return found.spatial
@@ -267,7 +267,7 @@ def receptive_field(
     """
     if unknown not in ("raise", "global"):
         raise ValueError(f"`unknown` (={unknown!r}) must be 'raise' or 'global'.")
-    closed = _program(fn, x)
+    closed = trace(fn, x)
     jaxpr = closed.jaxpr
     if len(jaxpr.invars) != 1 or len(jaxpr.outvars) != 1:
         raise ValueError(
@@ -288,7 +288,7 @@ def receptive_field(
     return ReceptiveField.from_state(out.state, input_shape, list(result.records))
 
 
-def _program(fn, x) -> jex.ClosedJaxpr:
+def trace(fn, x) -> jex.ClosedJaxpr:
     """The traced program: ``fn`` itself if already traced, else ``jax.make_jaxpr(fn)(x)``."""
     if isinstance(fn, jex.ClosedJaxpr):
         if x is not None and tuple(getattr(x, "shape", ())) != tuple(fn.in_avals[0].shape):

@@ -89,7 +89,7 @@ def _same(value):
     return value
 
 
-def _always(eqn, vals) -> bool:
+def _always(eqn, vals, site) -> bool:
     return True
 
 
@@ -112,8 +112,8 @@ def walk(
         args: one value per input variable.
         visit: the per-equation function; it gets the values of the equation's inputs.
         wrap: applied to every constant and literal before a visit reads it.
-        descend: ``descend(eqn, vals)``: whether to enter a single-sub-program container
-            instead of visiting it whole.
+        descend: ``descend(eqn, vals, site)``: whether to enter a single-sub-program
+            container instead of visiting it whole.
         site: the site of ``program`` itself (for nested calls).
 
     Returns:
@@ -130,7 +130,7 @@ def walk(
         vals = [read(v) for v in eqn.invars]
         here = site.at(i)
         sub = sub_program(eqn)
-        if sub is not None and descend(eqn, vals):
+        if sub is not None and descend(eqn, vals, here):
             outs = walk(sub, vals, visit, wrap=wrap, descend=descend, site=here.inside(eqn))
         else:
             outs = visit(eqn, vals, here)

@@ -225,3 +225,16 @@ def test_layer_records_locate_their_equation():
     call = closed.jaxpr.eqns[path[0]]
     assert call.primitive.name == "jit"
     assert call.params["jaxpr"].jaxpr.eqns[path[2]].primitive.name == "conv_general_dilated"
+
+
+def test_tap_inside_a_jit_follows_the_record_source():
+    # A layer inside a jit body is tapped through the walker: the same values as the cut.
+    from jaxrf._tap import intermediate
+
+    def net(x):
+        return jax.jit(conv3)(x) + 1.0
+
+    x = jnp.arange(100, dtype=jnp.float32).reshape(1, 10, 10, 1)
+    (name,) = [r.name for r in jaxrf.receptive_field(net, x).layers]
+    (got,) = intermediate(net, x, [name])(x)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(conv3(x)))
