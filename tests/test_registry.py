@@ -238,3 +238,33 @@ def test_tap_inside_a_jit_follows_the_record_source():
     (name,) = [r.name for r in jaxrf.receptive_field(net, x).layers]
     (got,) = intermediate(net, x, [name])(x)
     np.testing.assert_array_equal(np.asarray(got), np.asarray(conv3(x)))
+
+
+def conv3_same(x):
+    w = jnp.ones((3, 3, 1, 1), x.dtype)
+    dn = ("NHWC", "HWIO", "NHWC")
+    return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn)
+
+
+def test_container_rule_walks_its_sub_program(registry):
+    # The container-rule interface: a rule for `cond` with a constant index walks the chosen
+    # branch with ctx.walk and returns its Result (outputs and the records made inside).
+    def cond_rule(ctx, eqn, inputs):
+        index, *operands = inputs
+        k = int(index.value)
+        return ctx.walk(eqn.params["branches"][k], operands, sub_index=k)
+
+    registry["cond"] = _registry.Entry(cond_rule, "cond", container=("branches",))
+
+    def net(x):
+        return jax.lax.switch(jnp.int32(1), [lambda y: 2.0 * y, conv3_same], x)
+
+    closed = jax.make_jaxpr(net)(X)
+    rf = jaxrf.receptive_field(closed)
+    assert (rf.size, rf.padding, rf.output_shape) == ((3, 3), (1, 1), (10, 10))
+    (rec,) = rf.layers
+    path, out = rec.source
+    cond = closed.jaxpr.eqns[path[0]]
+    assert (cond.primitive.name, path[1], out) == ("cond", 1, 0)
+    branch = cond.params["branches"][1].jaxpr
+    assert branch.eqns[path[2]].primitive.name == "conv_general_dilated"
