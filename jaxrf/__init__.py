@@ -16,6 +16,9 @@ from ._field import LayerRecord as LayerRecord
 from ._field import MisalignmentWarning as MisalignmentWarning
 from ._field import Path as Path
 from ._field import ReceptiveField as ReceptiveField
+from ._images import ImageStream as ImageStream
+from ._images import image_paths as image_paths
+from ._images import load_images as load_images
 from ._layers import Global as Global
 from ._layers import Layer as Layer
 from ._layers import Parallel as Parallel
@@ -23,10 +26,8 @@ from ._layers import from_layers as from_layers
 from ._probe import ActualReceptiveField as ActualReceptiveField
 from ._probe import NonFiniteGradientError as NonFiniteGradientError
 from ._probe import NonFiniteGradientWarning as NonFiniteGradientWarning
-from ._probe import SupportMap as SupportMap
 from ._probe import actual_receptive_field as actual_receptive_field
 from ._probe import gradient_map as gradient_map
-from ._probe import support_map as support_map
 from ._registry import register_rule as register_rule
 from ._stats import AreaRatio as AreaRatio
 from ._stats import LuoSize as LuoSize
@@ -37,6 +38,8 @@ from ._stats import erf_std as erf_std
 from ._stats import luo_size as luo_size
 from ._stats import share_inside as share_inside
 from ._structural import structural_primitives as structural_primitives
+from ._support import SupportMap as SupportMap
+from ._support import support_map as support_map
 from ._table import layer_table as layer_table
 from ._trace import receptive_field as receptive_field
 

@@ -1,5 +1,10 @@
 """Effective receptive field (Luo et al., NeurIPS 2016): mean gradient maps over inputs and weights.
 
+The run has three stages: :func:`_validate` checks the arguments, :func:`_plan` fixes
+everything the batches share (layouts, seeds, channel weights) from the first batch, before the
+loop, and :func:`_accumulate` streams the batches into float64 running sums
+(:class:`jaxrf._checkpoint.Progress`), optionally checkpointed.
+
 Streaming: inputs come as one array (cut into ``batch_size`` chunks) or as an iterable of
 batches; only the running sum of the maps (float64, on the host) is kept, so memory does not
 grow with the number of samples. Each batch runs one jitted program: ``vmap`` over the samples
@@ -14,15 +19,21 @@ every process first, then call :func:`effective_receptive_field` on every proces
 process's share of the inputs (the same number of batches of the same size everywhere); the
 mesh then spans ``jax.devices()`` and each process's batch is assembled into one global array
 with ``jax.make_array_from_process_local_data``, so every process gets the same global map.
-On CPU the cross-process sum goes over gloo (jax's default ``jax_cpu_collectives_implementation``);
-tests/test_distributed.py runs two local processes (coordinator on ``127.0.0.1``, one or two
-forced host devices each) and checks both maps against the hand-derived mean over all inputs.
+On CPU the cross-process sum goes over gloo (jax's default ``jax_cpu_collectives_implementation``).
+
+Layer taps: with ``layer=[a, b, ...]`` every sample runs one forward pass of the network cut
+after the deepest tapped layer (:func:`jaxrf._tap.intermediate`, returning every tapped feature
+map) and one backward pass per layer from that shared forward pass: ``1 forward + k backward``
+per sample for ``k`` layers, not ``k`` of each.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import numbers
+import os
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
@@ -32,65 +43,97 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from . import _stats
+from . import _checkpoint, _stats
+from ._checkpoint import Progress
 from ._field import check_index
-from ._lowering import lower_convs, resolve_lowering
-from ._probe import (
+from ._gradient import (
     Layout,
     NonFiniteGradientError,
+    NonFiniteGradientWarning,
     center_index,
     channel_weight_array,
+    check_nonfinite,
+    check_not_empty,
     check_reduce,
-    input_gradient,
-    make_layout,
+    layouts,
+    one_hot_seed,
     reduce_channels,
+    seed_from_spatial,
+    tapped,
 )
+from ._lowering import lower_convs, resolve_lowering
 
 
 @dataclass(frozen=True)
 class _Apply:
-    """``fn`` as ``(params, x) -> y`` (hashable, so jit caches one program per network)."""
+    """``fn`` as ``(params, x) -> tuple`` of the probed outputs (hashable: one program per net).
+
+    ``layers=None``: the network's output, alone. Otherwise the feature maps of those layers
+    (:func:`jaxrf._tap.intermediate`), from one evaluation of the program.
+    """
 
     fn: Callable
     takes_params: bool
+    layers: tuple[str, ...] | None = None
+    spatial_axes: tuple | int | None = None
 
     def __call__(self, params, x):
-        return self.fn(params, x) if self.takes_params else self.fn(x)
+        if self.layers is None:
+            return (self.fn(params, x) if self.takes_params else self.fn(x),)
+        if self.takes_params:  # params may be tracers: the tap is traced here, not cached
+            from ._tap import intermediate
+
+            net = functools.partial(self.fn, params)
+            struct = jax.ShapeDtypeStruct(x.shape, x.dtype)
+            return intermediate(net, struct, list(self.layers), spatial_axes=self.spatial_axes)(x)
+        g = tapped(self.fn, tuple(x.shape), str(x.dtype), self.layers, self.spatial_axes)
+        return g(x)
 
 
-def one_hot_seed(out_spatial, index):
-    ndim = len(out_spatial)
-    return functools.reduce(
-        jnp.multiply,
-        [
-            jnp.reshape(jnp.arange(n) == index[a], [n if b == a else 1 for b in range(ndim)])
-            for a, n in enumerate(out_spatial)
-        ],
-    )
+def _sample_maps(apply, params, xi, indices, weights, in_layout, out_layouts, reduce):
+    """One sample's maps, one per probed output: one forward pass, one backward pass each."""
+    ys, pullback = jax.vjp(functools.partial(apply, params), xi[None])
+    maps = []
+    for k, (y, layout) in enumerate(zip(ys, out_layouts, strict=True)):
+        seed = one_hot_seed(layout.spatial_shape(y.shape), indices[k])
+        cts = [jnp.zeros_like(v) for v in ys]
+        cts[k] = seed_from_spatial(seed, weights[k], y.shape, layout, y.dtype)
+        (g,) = pullback(tuple(cts))
+        maps.append(reduce_channels(g, in_layout, reduce)[0])
+    return tuple(maps)
 
 
 @functools.partial(
-    jax.jit, static_argnames=("apply", "in_layout", "out_layout", "reduce", "lowering")
+    jax.jit, static_argnames=("apply", "in_layout", "out_layouts", "reduce", "lowering")
 )
 def _batch_sum(
-    apply, params, xb, valid, index, weights, *, in_layout, out_layout, reduce, lowering
+    apply, params, xb, valid, indices, weights, *, in_layout, out_layouts, reduce, lowering
 ):
-    """Sum over the valid, finite samples of the per-sample maps; counts of each kind."""
+    """Per probed output, the sum over the valid, finite samples of their maps; counts.
+
+    A sample with a NaN/inf value in any of its maps is left out of every sum.
+    """
     lowered = lower_convs(apply, lowering)
-
-    def one(xi):
-        fn = functools.partial(lowered, params)
-        out_spatial = out_layout.spatial_shape(jax.eval_shape(fn, xi[None]).shape)
-        g = input_gradient(fn, xi[None], one_hot_seed(out_spatial, index), weights, out_layout)
-        return reduce_channels(g, in_layout, reduce)[0]
-
+    one = functools.partial(
+        _sample_maps,
+        lowered,
+        params,
+        indices=indices,
+        weights=weights,
+        in_layout=in_layout,
+        out_layouts=out_layouts,
+        reduce=reduce,
+    )
     maps = jax.vmap(one)(xb)
-    finite = jnp.all(jnp.isfinite(maps), axis=tuple(range(1, maps.ndim)))
+    finite = functools.reduce(
+        jnp.logical_and, [jnp.all(jnp.isfinite(m), axis=tuple(range(1, m.ndim))) for m in maps]
+    )
     keep = valid & finite
-    total = jnp.sum(jnp.where(keep.reshape((-1,) + (1,) * (maps.ndim - 1)), maps, 0), axis=0)
+    totals = tuple(
+        jnp.sum(jnp.where(keep.reshape((-1,) + (1,) * (m.ndim - 1)), m, 0), axis=0) for m in maps
+    )
     bad = valid & ~finite
-    first_bad = jnp.argmax(bad)
-    return total, jnp.sum(keep), jnp.sum(bad), first_bad
+    return totals, jnp.sum(keep), jnp.sum(bad), jnp.argmax(bad)
 
 
 @dataclass(frozen=True)
@@ -105,7 +148,9 @@ class EffectiveReceptiveField:
         index: the output position probed.
         reduce: how input channels were combined.
         input_shape, output_shape: spatial shapes.
-        nonfinite_samples: samples skipped for NaN/inf gradients (``nonfinite="skip"``).
+        nonfinite_samples: samples left out for NaN/inf gradients (``nonfinite="skip"`` or
+            ``"warn"``).
+        layer: the layer whose output unit was probed (None: the network's output).
     """
 
     map: np.ndarray = field(repr=False)
@@ -116,6 +161,7 @@ class EffectiveReceptiveField:
     input_shape: tuple[int, ...]
     output_shape: tuple[int, ...]
     nonfinite_samples: int = 0
+    layer: str | None = None
 
     def luo_size(self, **options) -> _stats.LuoSize:
         """:func:`jaxrf.luo_size` of :attr:`map`."""
@@ -192,6 +238,280 @@ def _put(mesh, n_devices, xb, valid):
     return jax.device_put(xb, sharding), jax.device_put(valid, sharding)
 
 
+# ---------------------------------------------------------------------------------------
+# Validate.
+# ---------------------------------------------------------------------------------------
+
+CHECKPOINT_EVERY = 10  # batches between checkpoints (default)
+
+
+def _check_positive(name: str, value, allow_none: bool = False):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        extra = " or None" if allow_none else ""
+        raise ValueError(f"`{name}` (={value!r}) must be a positive int{extra}.")
+    return int(value)
+
+
+def _check_inputs(inputs, num_draws: int) -> None:
+    if hasattr(inputs, "shape"):
+        check_not_empty(inputs.shape, "inputs")
+        return
+    if not isinstance(inputs, Iterable):
+        raise TypeError(
+            f"`inputs` (={type(inputs).__name__}) must be an array (N, *spatial, channels) or an "
+            "iterable of such batches."
+        )
+    if num_draws > 1 and iter(inputs) is inputs:
+        raise TypeError(
+            "`inputs` is a one-shot iterator but num_draws > 1 runs it once per draw; pass a "
+            "list of batches or an array."
+        )
+
+
+def _check_layers(layer):
+    """``layer`` as a tuple of names (None: the network's output) and whether a dict is asked."""
+    if layer is None:
+        return None, False
+    if isinstance(layer, str):
+        return (layer,), False
+    names = tuple(layer) if isinstance(layer, Iterable) else None
+    if not names or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
+        raise TypeError(
+            f"`layer` (={layer!r}) must be a layer name or a non-empty list of distinct names "
+            "from [r.name for r in jaxrf.receptive_field(fn, x).layers]."
+        )
+    return names, True
+
+
+def _validate(o: dict) -> dict:
+    """Checked and canonical options (``o``: the keyword arguments of the public function)."""
+    o = dict(o)
+    o["reduce"] = check_reduce(o["reduce"])
+    resolve_lowering(o["lowering"])  # checks the value early
+    o["nonfinite"] = check_nonfinite(o["nonfinite"])
+    o["num_draws"] = _check_positive("num_draws", o["num_draws"])
+    if o["num_draws"] > 1 and o["init_fn"] is None:
+        raise ValueError(
+            f"`num_draws` (={o['num_draws']}) > 1 needs `init_fn` (key -> params) to draw "
+            "weights; fn then takes (params, x)."
+        )
+    o["batch_size"] = _check_positive("batch_size", o["batch_size"], allow_none=True)
+    o["checkpoint_every"] = _check_positive("checkpoint_every", o["checkpoint_every"])
+    if o["checkpoint"] is not None and not isinstance(o["checkpoint"], str | os.PathLike):
+        raise TypeError(f"`checkpoint` (={o['checkpoint']!r}) must be a file path or None.")
+    _check_inputs(o["inputs"], o["num_draws"])
+    o["layers"], o["as_dict"] = _check_layers(o["layer"])
+    if o["crop"] is not None and o["layers"] is not None:
+        raise ValueError(
+            f"`crop` with `layer` (={o['layer']!r}) is not supported: the crop is made for the "
+            "network's output unit; probe the layer without crop=."
+        )
+    return o
+
+
+# ---------------------------------------------------------------------------------------
+# Set up: everything the batches share, fixed from the first one.
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What every batch shares: the layouts, seeds and channel weights of each probed output."""
+
+    apply: _Apply
+    in_layout: Layout
+    out_layouts: tuple[Layout, ...]
+    indices: tuple[tuple[int, ...], ...]
+    weights: tuple = field(repr=False)
+    sample: jax.ShapeDtypeStruct
+    input_shape: tuple[int, ...]
+    output_shapes: tuple[tuple[int, ...], ...]
+
+
+def _check_batch(xb, number: int, sample) -> None:
+    """A batch of the stream: an array with a nonempty floating sample of the first's shape."""
+    if not hasattr(xb, "shape") or len(xb.shape) < 2:
+        raise TypeError(
+            f"batch {number} of `inputs` must be an array (batch, *spatial, channels); got "
+            f"{type(xb).__name__}."
+        )
+    check_not_empty(xb.shape, f"batch {number} of `inputs`")
+    if sample is not None and tuple(xb.shape[1:]) != tuple(sample.shape[1:]):
+        raise ValueError(
+            f"batch {number} of `inputs` has sample shape {tuple(xb.shape[1:])}, but the first "
+            f"had {tuple(sample.shape[1:])}; all samples must have the same shape."
+        )
+
+
+def _output_index(index, out_spatial, name):
+    if isinstance(index, str):
+        if index != "center":
+            raise ValueError(f"`index` (={index!r}) must be a tuple of ints or 'center'.")
+        return center_index(out_spatial)
+    return check_index(index, out_spatial, "index" if name is None else f"index (layer {name})")
+
+
+def _plan(o: dict, first) -> _Plan:
+    """Layouts, output positions and channel weights of every probed output, before the loop."""
+    _check_batch(first, 0, None)
+    if not jnp.issubdtype(first.dtype, jnp.floating):
+        raise TypeError(f"`inputs` have dtype {first.dtype}; gradients need floats.")
+    spatial_axes = o["spatial_axes"]
+    apply = _Apply(o["fn"], o["init_fn"] is not None, o["layers"], spatial_axes)
+    sample = jax.ShapeDtypeStruct((1, *first.shape[1:]), first.dtype)
+    params = None if o["init_fn"] is None else jax.eval_shape(o["init_fn"], jax.random.key(0))
+    outs = _apply_jit.eval_shape(apply, params, sample)  # cached per network: no re-trace
+    names = o["layers"] or (None,)
+    in_layout, out_layouts, indices, weights, shapes = None, [], [], [], []
+    for out, name in zip(outs, names, strict=True):
+        argument = "fn(x)" if name is None else f"layer {name!r}"
+        in_layout, out_layout = layouts(
+            sample.shape, out.shape, spatial_axes, o["output_spatial_axes"], "inputs", argument
+        )
+        out_spatial = out_layout.spatial_shape(out.shape)
+        out_layouts.append(out_layout)
+        shapes.append(out_spatial)
+        indices.append(_output_index(o["index"], out_spatial, name))
+        channels = out_layout.channel_shape(out.shape)
+        weights.append(
+            channel_weight_array(channels, o["channel"], o["channel_weights"], None, out.dtype)
+        )
+    return _Plan(
+        apply,
+        in_layout,
+        tuple(out_layouts),
+        tuple(indices),
+        tuple(weights),
+        sample,
+        in_layout.spatial_shape(sample.shape),
+        tuple(shapes),
+    )
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _apply_jit(apply, params, x):
+    return apply(params, x)
+
+
+def _fingerprint(o: dict, plan: _Plan) -> str:
+    """What a checkpoint must match: network, inputs' shape, positions, options."""
+    params = None if o["init_fn"] is None else jax.eval_shape(o["init_fn"], jax.random.key(0))
+    program = jax.make_jaxpr(plan.apply)(params, plan.sample)
+    init = "" if o["init_fn"] is None else str(jax.make_jaxpr(o["init_fn"])(jax.random.key(0)))
+    key = None if o["key"] is None else jax.random.key_data(o["key"])
+    fields = {
+        "network": _checkpoint.digest(str(program), *program.consts, init),
+        "sample_shape": list(plan.sample.shape[1:]),
+        "dtype": str(plan.sample.dtype),
+        "layers": list(o["layers"] or []),
+        "index": [list(i) for i in plan.indices],
+        "reduce": o["reduce"],
+        "channel_weights": _checkpoint.digest(*plan.weights),
+        "num_draws": o["num_draws"],
+        "batch_size": o["batch_size"],
+        "key": None if key is None else _checkpoint.digest(key),
+        "lowering": o["lowering"],
+    }
+    return _checkpoint.fingerprint(fields)
+
+
+# ---------------------------------------------------------------------------------------
+# Accumulate.
+# ---------------------------------------------------------------------------------------
+
+
+def _results(o: dict, plan: _Plan, progress: Progress, num_draws: int):
+    """The ERF of each probed output from the running sums (a dict for a list of layers)."""
+    names = o["layers"] or (None,)
+    erfs = [
+        EffectiveReceptiveField(
+            map=total / progress.count,
+            count=progress.count,
+            num_draws=num_draws,
+            index=plan.indices[k],
+            reduce=o["reduce"],
+            input_shape=plan.input_shape,
+            output_shape=plan.output_shapes[k],
+            nonfinite_samples=progress.skipped,
+            layer=name,
+        )
+        for k, (name, total) in enumerate(zip(names, progress.sums, strict=True))
+    ]
+    return dict(zip(names, erfs, strict=True)) if o["as_dict"] else erfs[0]
+
+
+def _check_finite_batch(o, plan, progress: Progress, number: int, size: int, bad, first, save):
+    """Raise (after saving the checkpoint) or warn when a batch had NaN/inf gradients."""
+    if not bad or o["nonfinite"] == "skip":
+        return
+    lo, d = progress.seen, progress.draw
+    message = (
+        f"effective_receptive_field: {bad} sample(s) of batch {number} (images {lo}.."
+        f"{lo + size - 1} of the stream) have NaN or inf gradients "
+        f"(first: sample {lo + first} of draw {d}); "
+        "the network overflows or divides by zero there. Use float64, check the inputs, or pass "
+        "nonfinite='skip' (or 'warn') to leave those samples out (they are counted)."
+    )
+    if o["nonfinite"] == "warn":
+        warnings.warn(message, NonFiniteGradientWarning, stacklevel=4)
+        return
+    save()
+    partial = _results(o, plan, progress, d + 1) if progress.count else None
+    raise NonFiniteGradientError(
+        message
+        + " The ERF of the samples before that batch is this exception's `.partial`"
+        + (" (and is in the checkpoint)." if o["checkpoint"] is not None else "."),
+        partial=partial,
+    )
+
+
+def _accumulate(o: dict, plan: _Plan, draw_batches: Callable, progress: Progress, save):
+    """Stream every draw's batches into ``progress``, from where it stands; save on the way."""
+    mesh, n_devices = _mesh(o["devices"])
+    lowering = resolve_lowering(o["lowering"], mesh.devices.flat)
+    replicated = NamedSharding(mesh, P())
+    key = jax.random.key(0) if o["key"] is None else o["key"]
+    draw_keys = jax.random.split(key, o["num_draws"])
+    total = _num_batches(o["inputs"], o["batch_size"])
+    steps = None if total is None else total * o["num_draws"]
+    show = (steps is None or steps > 10) if o["progress"] is None else bool(o["progress"])
+    from tqdm.auto import tqdm
+
+    with tqdm(total=steps, disable=not show, desc="ERF", unit="batch") as bar:
+        while progress.draw < o["num_draws"]:
+            params = None if o["init_fn"] is None else o["init_fn"](draw_keys[progress.draw])
+            params = None if params is None else jax.device_put(params, replicated)
+            skip = progress.batch
+            for number, xb in enumerate(draw_batches(progress.draw)):
+                if number < skip:  # consumed before the checkpoint this run resumes
+                    bar.update(1)
+                    continue
+                _check_batch(xb, number, plan.sample)
+                xs, valid = _put(mesh, n_devices, xb, np.ones(xb.shape[0], bool))
+                totals, kept, bad, first = _batch_sum(
+                    plan.apply,
+                    params,
+                    xs,
+                    valid,
+                    jnp.asarray(plan.indices, jnp.int32),
+                    plan.weights,
+                    in_layout=plan.in_layout,
+                    out_layouts=plan.out_layouts,
+                    reduce=o["reduce"],
+                    lowering=lowering,
+                )
+                size, bad = int(xb.shape[0]), int(bad)
+                _check_finite_batch(o, plan, progress, number, size, bad, int(first), save)
+                progress.add(totals, kept, bad, size)
+                bar.update(1)
+                if progress.batch % o["checkpoint_every"] == 0:
+                    save()
+            progress.next_draw()
+    save()
+
+
 def effective_receptive_field(
     fn: Callable,
     inputs,
@@ -211,7 +531,10 @@ def effective_receptive_field(
     nonfinite: str = "raise",
     crop=None,
     lowering: str = "auto",
-) -> EffectiveReceptiveField:
+    layer: str | list[str] | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = CHECKPOINT_EVERY,
+) -> EffectiveReceptiveField | dict[str, EffectiveReceptiveField]:
     """Luo's effective receptive field: the mean gradient map of one output position.
 
     For every sample (and every weight draw) the one-hot output cotangent at ``index`` (all
@@ -239,31 +562,55 @@ def effective_receptive_field(
         devices: devices to shard the batch over (default: all local devices; all devices
             under ``jax.distributed``).
         progress: show a tqdm bar (default: when there are more than 10 batches).
-        nonfinite: ``"raise"`` (default: NaN/inf gradients raise, naming the sample) or
-            ``"skip"`` (leave those samples out, counted in ``nonfinite_samples``).
+        nonfinite: NaN/inf gradients: ``"raise"`` (default: :class:`NonFiniteGradientError`
+            naming the batch, its images in the stream and the first bad sample; its
+            ``.partial`` is the ERF of the samples before that batch, None if there were
+            none), ``"warn"`` (a :class:`NonFiniteGradientWarning` naming them, then as
+            ``"skip"``) or ``"skip"`` (those samples are left out, counted in
+            ``nonfinite_samples``). A sample is left out of every layer's map when any of its
+            maps has a NaN/inf value. ``"keep"`` is accepted as the probes' older name for
+            ``"skip"``.
         lowering: how convolutions and max-pools are compiled: ``"auto"`` (default:
             ``"matmul"`` on CPU devices, ``"none"`` elsewhere), ``"matmul"`` (1x1
-            convolutions as matrix products and max-pool gradients as slices: XLA:CPU runs
-            them near its matmul throughput; the ResNet-50 ERF step at 224 ran 1.24x and
-            1.33x faster than with ``"none"`` in two runs, see results/benchmark.md and
-            results/profile_erf.md), ``"patches"`` (every convolution as patches times a
-            matrix: as fast on that benchmark, within its noise) or ``"none"`` (the network's
-            own operations). Same sums in another order: in float64 the maps agree with
-            ``"none"`` to 1e-14; in float32, ``"matmul"`` to 1e-6 of the map's maximum,
-            ``"patches"`` to 1e-2 (rounding can flip a ReLU or max-pool decision, as between
-            any two float32 programs).
+            convolutions as matrix products and max-pool gradients as slices, which XLA:CPU
+            runs near its matmul throughput), ``"patches"`` (every convolution as patches times
+            a matrix) or ``"none"`` (the network's own operations). The same sums in another
+            order: in float64 the maps agree with ``"none"`` to rounding; in float32 rounding
+            can flip a ReLU or max-pool decision, as between any two float32 programs.
         crop: a :class:`jaxrf.Crop` from :func:`jaxrf.crop_for_unit` for the probed unit: every
             sample is cut to the unit's receptive-field cone, the network runs forward and
             backward on the crop only, and the map is pasted back at full size. Exact (the
             crop keeps every layer's grid and SAME padding); ``index`` must then be the crop's
             ``output_index`` (or ``"center"`` when that is the crop's unit). Inputs must use the
-            default layout (spatial axes between batch and channels).
+            default layout (spatial axes between batch and channels). Not with ``layer``.
+        layer: measure a unit of an intermediate layer's output instead of the network's: a
+            name from ``jaxrf.receptive_field(fn, x).layers`` (or :func:`jaxrf.layer_table`), or
+            a list of names. ``index`` (a tuple, or ``"center"``: each layer's own centre) is
+            then a position in that layer's output. Each sample runs one forward pass, shared
+            by one backward pass per layer: ``1 forward + k backward`` passes per sample for
+            ``k`` layers. Equal to probing the network cut by hand after that layer. With
+            ``init_fn`` the tap is traced once per compiled program.
+        checkpoint: a file path (``.npz``): the running sums, counts and position in the
+            stream are saved there every ``checkpoint_every`` batches, before raising on
+            NaN/inf gradients and at the end (written atomically: a killed run leaves the last
+            complete checkpoint). If the file exists, the run resumes from it: the batches it
+            already holds are drawn from ``inputs`` and skipped (not computed), and the result
+            equals an uninterrupted run's (the same float64 sums in the same order). A
+            checkpoint written with other arguments (network, weights, sample shape, ``layer``,
+            ``index``, ``reduce``, channel weights, ``num_draws``, ``batch_size``, ``key``,
+            ``lowering``) is refused with a ValueError. One path per process under
+            ``jax.distributed``.
+        checkpoint_every: batches between two checkpoints (default 10).
 
     Returns:
-        :class:`EffectiveReceptiveField` (``.map``, ``.count``, statistics methods).
+        :class:`EffectiveReceptiveField` (``.map``, ``.count``, statistics methods); with a
+        list of layers, a dict ``{name: EffectiveReceptiveField}`` in the order given.
 
     Raises:
-        ValueError: bad ``index``, ``reduce``, shapes, or NaN/inf gradients (``nonfinite``).
+        ValueError: bad ``index``, ``reduce``, shapes, an empty input (naming its shape), a
+            batch whose sample shape differs from the first's (naming the batch), a checkpoint
+            of another run, or NaN/inf gradients (:class:`NonFiniteGradientError`).
+        TypeError: ``inputs`` neither an array nor an iterable of arrays, a bad ``layer``.
 
     Example:
         >>> import jax, jax.numpy as jnp, jaxrf
@@ -273,141 +620,50 @@ def effective_receptive_field(
         >>> erf.map, erf.count
         (array([0., 1., 2., 3., 2., 1., 0.]), 4)
     """
-    reduce = check_reduce(reduce)
-    resolve_lowering(lowering)  # checks the value early
-    if nonfinite not in ("raise", "skip"):
-        raise ValueError(f"`nonfinite` (={nonfinite!r}) must be 'raise' or 'skip'.")
-    if not isinstance(num_draws, numbers.Integral) or num_draws < 1:
-        raise ValueError(f"`num_draws` (={num_draws!r}) must be a positive int.")
-    if num_draws > 1 and init_fn is None:
-        raise ValueError(
-            f"`num_draws` (={num_draws}) > 1 needs `init_fn` (key -> params) to draw weights; "
-            "fn then takes (params, x)."
-        )
-    if batch_size is not None and (not isinstance(batch_size, numbers.Integral) or batch_size < 1):
-        raise ValueError(f"`batch_size` (={batch_size!r}) must be a positive int or None.")
-    if num_draws > 1 and not hasattr(inputs, "shape") and iter(inputs) is inputs:
-        raise TypeError(
-            "`inputs` is a one-shot iterator but num_draws > 1 runs it once per draw; pass a "
-            "list of batches or an array."
-        )
-    if not hasattr(inputs, "shape") and not isinstance(inputs, Iterable):
-        raise TypeError(
-            f"`inputs` (={type(inputs).__name__}) must be an array (N, *spatial, channels) or an "
-            "iterable of such batches."
-        )
+    o = _validate(locals())
     if crop is not None:
-        return _cropped_erf(
-            fn,
-            inputs,
-            index,
-            crop,
-            init_fn=init_fn,
-            key=key,
-            num_draws=num_draws,
-            batch_size=batch_size,
-            reduce=reduce,
-            channel=channel,
-            channel_weights=channel_weights,
-            spatial_axes=spatial_axes,
-            output_spatial_axes=output_spatial_axes,
-            devices=devices,
-            progress=progress,
-            nonfinite=nonfinite,
-            lowering=lowering,
-        )
-    apply = _Apply(fn, init_fn is not None)
-    key = jax.random.key(0) if key is None else key
-    draw_keys = jax.random.split(key, num_draws)
-    mesh, n_devices = _mesh(devices)
-    lowering = resolve_lowering(lowering, mesh.devices.flat)
-    replicated = NamedSharding(mesh, P())
-    total_batches = _num_batches(inputs, batch_size)
-    total_steps = None if total_batches is None else total_batches * num_draws
-    show = (total_steps is None or total_steps > 10) if progress is None else bool(progress)
-
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=total_steps, disable=not show, desc="ERF", unit="batch")
-    acc = None
-    count = skipped = seen = 0
-    layouts = weights = index_arr = None
-    try:
-        for d in range(num_draws):
-            params = init_fn(draw_keys[d]) if init_fn is not None else None
-            params = jax.device_put(params, replicated) if params is not None else None
-            for xb in _batches(inputs, batch_size):
-                if not hasattr(xb, "shape") or xb.ndim < 2:
-                    raise TypeError(
-                        f"each batch of `inputs` must be an array (batch, *spatial, channels); "
-                        f"got {type(xb).__name__}."
-                    )
-                if layouts is None:
-                    layouts, weights, index_arr, index, shapes = _setup(
-                        apply,
-                        params,
-                        xb,
-                        index,
-                        spatial_axes,
-                        output_spatial_axes,
-                        channel,
-                        channel_weights,
-                    )
-                    in_shape_full = tuple(xb.shape[1:])
-                elif tuple(xb.shape[1:]) != in_shape_full:
-                    raise ValueError(
-                        f"a batch of `inputs` has sample shape {tuple(xb.shape[1:])}, but the "
-                        f"first had {in_shape_full}; all samples must have the same shape."
-                    )
-                xs, valid = _put(mesh, n_devices, xb, np.ones(xb.shape[0], bool))
-                s, kept, bad, first = _batch_sum(
-                    apply,
-                    params,
-                    xs,
-                    valid,
-                    index_arr,
-                    weights,
-                    in_layout=layouts[0],
-                    out_layout=layouts[1],
-                    reduce=reduce,
-                    lowering=lowering,
-                )
-                bad = int(bad)
-                if bad and nonfinite == "raise":
-                    raise NonFiniteGradientError(
-                        f"effective_receptive_field: {bad} sample(s) of a batch have NaN or inf "
-                        f"gradients (first: sample {seen + int(first)} of draw {d}); the network "
-                        "overflows or divides by zero there. Use float64, check the inputs, or "
-                        "pass nonfinite='skip' to leave those samples out (they are counted)."
-                    )
-                s = np.asarray(s, np.float64)
-                acc = s if acc is None else acc + s
-                count += int(kept)
-                skipped += bad
-                seen += int(xb.shape[0])
-                bar.update(1)
-            seen = 0
-    finally:
-        bar.close()
-    if acc is None:
+        return _cropped_erf(fn, inputs, index, crop, **{k: o[k] for k in _PASSED_ON})
+    batches = _batches(inputs, o["batch_size"])
+    first = next(batches, None)
+    if first is None:
         raise ValueError("`inputs` held no batches; give at least one sample.")
-    if count == 0:
-        raise ValueError(f"all {skipped} samples had NaN or inf gradients; no map to average.")
-    return EffectiveReceptiveField(
-        map=acc / count,
-        count=count,
-        num_draws=num_draws,
-        index=index,
-        reduce=reduce,
-        input_shape=shapes[0],
-        output_shape=shapes[1],
-        nonfinite_samples=skipped,
-    )
+    plan = _plan(o, first)
+
+    def draw_batches(draw):
+        return itertools.chain([first], batches) if draw == 0 else _batches(inputs, batch_size)
+
+    print_ = None if checkpoint is None else _fingerprint(o, plan)
+    progress = (checkpoint and _checkpoint.load(checkpoint, print_)) or Progress()
+
+    def save():
+        if checkpoint is not None:
+            _checkpoint.save(checkpoint, progress, print_)
+
+    _accumulate(o, plan, draw_batches, progress, save)
+    if progress.count == 0:
+        raise ValueError(
+            f"all {progress.skipped} samples had NaN or inf gradients; no map to average."
+        )
+    return _results(o, plan, progress, o["num_draws"])
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _apply_jit(apply, params, x):
-    return apply(params, x)
+_PASSED_ON = (
+    "init_fn",
+    "key",
+    "num_draws",
+    "batch_size",
+    "reduce",
+    "channel",
+    "channel_weights",
+    "spatial_axes",
+    "output_spatial_axes",
+    "devices",
+    "progress",
+    "nonfinite",
+    "lowering",
+    "checkpoint",
+    "checkpoint_every",
+)
 
 
 def _cropped_erf(fn, inputs, index, crop, **kwargs) -> EffectiveReceptiveField:
@@ -449,34 +705,7 @@ def _cropped_erf(fn, inputs, index, crop, **kwargs) -> EffectiveReceptiveField:
     params = None if init_fn is None else jax.eval_shape(init_fn, jax.random.key(0))
     channels, dtype = seen[0]
     x = jax.ShapeDtypeStruct((1, *crop.input_shape, channels), dtype)
-    out_shape = tuple(jax.eval_shape(apply, params, x).shape[1:-1])
+    out_shape = tuple(jax.eval_shape(apply, params, x)[0].shape[1:-1])
     return replace(
         erf, map=full, index=target, input_shape=tuple(crop.input_shape), output_shape=out_shape
     )
-
-
-def _setup(apply, params, xb, index, spatial_axes, output_spatial_axes, channel, channel_weights):
-    xb = jnp.asarray(xb)
-    if not jnp.issubdtype(xb.dtype, jnp.floating):
-        raise TypeError(f"`inputs` have dtype {xb.dtype}; gradients need floats.")
-    sample = jax.ShapeDtypeStruct((1, *xb.shape[1:]), xb.dtype)
-    in_layout = make_layout(sample.shape, spatial_axes, "inputs")
-    out = _apply_jit.eval_shape(apply, params, sample)  # cached per network: no re-trace
-    axes = spatial_axes if output_spatial_axes is None else output_spatial_axes
-    out_layout: Layout = make_layout(out.shape, axes, "fn(x)")
-    if len(out_layout.spatial) != len(in_layout.spatial):
-        raise ValueError(
-            f"`fn(x)` has shape {out.shape} with spatial axes {out_layout.spatial}, but the "
-            f"inputs have {len(in_layout.spatial)} spatial axes; give output_spatial_axes=."
-        )
-    out_spatial = out_layout.spatial_shape(out.shape)
-    if isinstance(index, str):
-        if index != "center":
-            raise ValueError(f"`index` (={index!r}) must be a tuple of ints or 'center'.")
-        index = center_index(out_spatial)
-    index = check_index(index, out_spatial)
-    weights = channel_weight_array(
-        out_layout.channel_shape(out.shape), channel, channel_weights, None, out.dtype
-    )
-    shapes = (in_layout.spatial_shape(sample.shape), out_spatial)
-    return (in_layout, out_layout), weights, jnp.asarray(index, jnp.int32), index, shapes

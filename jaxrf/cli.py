@@ -3,7 +3,8 @@
 Commands:
   analyze TARGET   per-layer theoretical receptive field table (text, markdown, latex, csv)
   erf TARGET       effective receptive field heatmap (PNG) and its statistics
-  report [MODEL]   theory vs measured on a zoo model (the README's main job)
+  layers TARGET    per-layer report: theory, structural support and ERF at named layers
+  report [MODEL]   theory vs measured, stage by stage, on a bundled photograph (the main job)
 
 TARGET is either
   * a zoo name (``jaxrf.models.names()``, e.g. resnet_v1_50, vgg_16, luo_relu), built with
@@ -16,6 +17,11 @@ TARGET is either
 
 --input-shape takes the full NHWC shape ``1,224,224,3`` (or ``1x224x224x3``), or just ``H,W``
 for a zoo model (batch 1 and the model's channels are kept).
+
+--images takes a folder, a glob or a list of PNG/JPEG files (``jaxrf.load_images``): each image
+is resized (shorter side ``--size``), centre-cropped (``--crop``, default the model's input
+size) and normalised (``--mean``/``--std``, numbers or ``imagenet``). Without it, the ERF is
+averaged over random normal inputs. Every command prints which images it used.
 """
 
 from __future__ import annotations
@@ -26,14 +32,9 @@ import importlib.util
 import inspect
 import re
 import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-#: The report's default: a zoo ResNet small enough to run in seconds on 2 CPU cores.
-REPORT_MODEL = "resnet_v1_50"
-REPORT_SIZE = 64
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,8 @@ class Target:
     expected: object | None = None  # jaxrf.models.Expected at the zoo's own input shape
     zoo_input_shape: tuple[int, ...] | None = None
     description: str = ""
+    module: object | None = None  # zoo models: the Flax module and its variables
+    variables: object | None = None
 
 
 class CommandLineError(ValueError):
@@ -119,8 +122,6 @@ def load_target(target: str, input_shape: tuple[int, ...] | None = None, seed: i
     Raises:
         CommandLineError: unknown zoo name, missing file / attribute, no input shape.
     """
-    import jax
-
     import jaxrf.models
 
     if ":" not in target:
@@ -129,26 +130,43 @@ def load_target(target: str, input_shape: tuple[int, ...] | None = None, seed: i
                 f"TARGET (={target!r}) is neither a zoo name nor 'file.py:NAME' / "
                 f"'module:NAME'; zoo names: {', '.join(jaxrf.models.names())}."
             )
-        entry = jaxrf.models.get(target)
-        shape = tuple(entry.input_shape)
-        if input_shape is not None:
-            if len(input_shape) == 2:
-                shape = (shape[0], *input_shape, shape[-1])
-            elif len(input_shape) == len(shape):
-                shape = tuple(input_shape)
-            else:
-                raise CommandLineError(
-                    f"--input-shape (={input_shape}) must be H,W or the full NHWC shape for "
-                    f"zoo model {target!r} (default {entry.input_shape})."
-                )
-        return Target(
-            target,
-            entry.build(jax.random.key(seed)),
-            shape,
-            entry.expected,
-            tuple(entry.input_shape),
-            entry.description,
-        )
+        return _zoo_target(target, input_shape, seed)
+    return _user_target(target, input_shape)
+
+
+def _zoo_target(target: str, input_shape, seed: int) -> Target:
+    import jax
+
+    import jaxrf.models
+
+    entry = jaxrf.models.get(target)
+    shape = tuple(entry.input_shape)
+    if input_shape is not None:
+        if len(input_shape) == 2:
+            shape = (shape[0], *input_shape, shape[-1])
+        elif len(input_shape) == len(shape):
+            shape = tuple(input_shape)
+        else:
+            raise CommandLineError(
+                f"--input-shape (={input_shape}) must be H,W or the full NHWC shape for "
+                f"zoo model {target!r} (default {entry.input_shape})."
+            )
+    variables = entry.init(jax.random.key(seed))
+    module = entry.model()
+    rngs = {"dropout": jax.random.key(1)}
+    return Target(
+        target,
+        lambda x: module.apply(variables, x, rngs=rngs),
+        shape,
+        entry.expected,
+        tuple(entry.input_shape),
+        entry.description,
+        module,
+        variables,
+    )
+
+
+def _user_target(target: str, input_shape) -> Target:
     obj = _load_object(target)
     if not callable(obj):
         raise CommandLineError(f"TARGET (={target!r}) is a {type(obj).__name__}, not callable.")
@@ -175,6 +193,188 @@ def load_target(target: str, input_shape: tuple[int, ...] | None = None, seed: i
 
 
 # ---------------------------------------------------------------------------------------
+# Inputs: images (--images) or random normal samples.
+# ---------------------------------------------------------------------------------------
+
+#: ``--mean imagenet`` / ``--std imagenet``: torchvision's ImageNet statistics (pixels in [0, 1]).
+IMAGENET = {"--mean": (0.485, 0.456, 0.406), "--std": (0.229, 0.224, 0.225)}
+
+
+def parse_numbers(text: str | None, argument: str) -> tuple[float, ...] | None:
+    """``"0.5"`` / ``"0.485,0.456,0.406"`` / ``"imagenet"`` -> a tuple of floats.
+
+    Example:
+        >>> parse_numbers("0.5,0.25", "--std"), parse_numbers("imagenet", "--mean")
+        ((0.5, 0.25), (0.485, 0.456, 0.406))
+    """
+    if text is None:
+        return None
+    if text.strip().lower() == "imagenet":
+        return IMAGENET[argument]
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise CommandLineError(
+            f"{argument} (={text!r}) must be numbers separated by ',' (one, or one per "
+            "channel), or 'imagenet'."
+        ) from None
+
+
+class _Images:
+    """A ``jaxrf.ImageStream`` whose bad-file ValueErrors become command-line errors."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def __len__(self) -> int:
+        return len(self.stream)
+
+    def __iter__(self):
+        try:
+            yield from self.stream
+        except ValueError as error:
+            raise CommandLineError(f"--images: {error}") from None
+
+    def array(self):
+        """All images at once, ``(N, H, W, C)``."""
+        import numpy as np
+
+        return np.concatenate(list(self))
+
+
+def image_stream(args: argparse.Namespace, shape: tuple[int, ...], convert: bool = False):
+    """The ``--images`` stream for a network taking NHWC ``shape``: ``(stream, input shape)``.
+
+    The crop is ``--crop`` (H,W or one int), else ``--size`` square, else the network's own
+    H and W; the shorter side is resized to ``--size``, else to the crop's larger side.
+    """
+    import jaxrf
+
+    crop = parse_shape(args.crop, "--crop")
+    if crop is not None and len(crop) == 1:
+        crop = crop * 2
+    if crop is not None and len(crop) != 2:
+        raise CommandLineError(f"--crop (={args.crop!r}) must be H,W or one int.")
+    if crop is None:
+        crop = (args.size, args.size) if args.size else tuple(shape[1:3])
+    try:
+        stream = jaxrf.load_images(
+            args.images,
+            size=args.size or max(crop),
+            crop=crop,
+            mean=parse_numbers(args.mean, "--mean"),
+            std=parse_numbers(args.std, "--std"),
+            batch_size=args.batch_size or 8,
+            channels=shape[-1],
+            convert=convert or args.convert,
+        )
+    except ValueError as error:
+        raise CommandLineError(f"--images: {error}") from None
+    return stream, (1, *crop, shape[-1])
+
+
+def _inputs(shape, samples: int, seed: int):
+    import jax
+
+    return jax.random.normal(jax.random.key(seed + 1), (samples, *shape[1:]))
+
+
+def erf_inputs(args: argparse.Namespace, target: Target):
+    """``(inputs, input shape, words saying what they are)`` for the ERF commands."""
+    if args.images:
+        stream, shape = image_stream(args, target.input_shape)
+        return _Images(stream), shape, "images: " + stream.describe()
+    what = f"images: none; {args.samples} random normal inputs (seed {args.seed})"
+    return _inputs(target.input_shape, args.samples, args.seed), target.input_shape, what
+
+
+# ---------------------------------------------------------------------------------------
+# Theory of a named layer.
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LayerTheory:
+    """Distill's ``r``, ``S``, ``P`` of one named layer, with the regions of its units.
+
+    ``region(i)`` is ``[S i - P, S i - P + r - 1]`` per axis; ``clip=True`` cuts it to the
+    image ``[0, n - 1]`` (exact when every pixel of the interval is read, as in networks
+    without dilation gaps or cropping).
+    """
+
+    name: str
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    size: tuple[int, ...]
+    stride: tuple[int, ...]
+    padding: tuple[int, ...]
+
+    def region(self, index, clip: bool = False):
+        box = []
+        for i, r, s, p, n in zip(
+            index, self.size, self.stride, self.padding, self.input_shape, strict=True
+        ):
+            lo, hi = s * i - p, s * i - p + r - 1
+            if clip:
+                lo, hi = max(lo, 0), min(hi, n - 1)
+                if lo > hi:
+                    return None
+            box.append((int(lo), int(hi)))
+        return tuple(box)
+
+    def center(self, index):
+        from fractions import Fraction
+
+        return tuple(
+            Fraction(s * i - p) + Fraction(r - 1, 2)
+            for i, r, s, p in zip(index, self.size, self.stride, self.padding, strict=True)
+        )
+
+
+def layer_theory(rf, name: str) -> LayerTheory:
+    """The theory of layer ``name`` (a name from ``rf.layers``; the last record so named).
+
+    Raises:
+        CommandLineError: no such layer, or its receptive field is misaligned or global.
+    """
+    records = [r for r in rf.layers if r.name == name]
+    if not records:
+        known = list(dict.fromkeys(r.name for r in rf.layers))
+        raise CommandLineError(
+            f"--layer (={name!r}) is not a layer of this network; names (as in `jaxrf analyze`): "
+            f"{', '.join(known[:12])}{', ...' if len(known) > 12 else ''}."
+        )
+    record = records[-1]
+    if record.size is None:
+        raise CommandLineError(
+            f"--layer (={name!r}) has no single receptive field (misaligned paths or a global "
+            "operation); choose a layer before the merge."
+        )
+    return LayerTheory(
+        name,
+        tuple(rf.input_shape),
+        tuple(record.output_shape),
+        *(tuple(int(v) for v in t) for t in (record.size, record.effective_stride)),
+        tuple(int(v) for v in record.effective_padding),
+    )
+
+
+def _layer_keyword(layer) -> dict:
+    """``layer=`` for the probes, where this jaxrf has layer taps (else a clear error)."""
+    if layer is None:
+        return {}
+    import inspect
+
+    import jaxrf
+
+    if "layer" not in inspect.signature(jaxrf.effective_receptive_field).parameters:
+        raise CommandLineError(
+            "--layer needs effective_receptive_field(..., layer=NAME), which this jaxrf lacks."
+        )
+    return {"layer": layer}
+
+
+# ---------------------------------------------------------------------------------------
 # Commands.
 # ---------------------------------------------------------------------------------------
 
@@ -193,6 +393,7 @@ def _analyze(args: argparse.Namespace) -> int:
     rf = jaxrf.receptive_field(target.fn, _spec(target.input_shape))
     if args.format == "text":
         print(f"{target.name} at input {_shape(target.input_shape)}: theoretical receptive field")
+        print("images: none (the theory needs only the input shape)")
     print(jaxrf.layer_table(rf, args.format), end="")
     if args.format == "text":
         print(rf.describe())
@@ -216,15 +417,11 @@ def _box(box) -> str:
     return " x ".join(f"[{lo}, {hi}]" for lo, hi in box)
 
 
-def _inputs(shape, samples: int, seed: int):
-    import jax
-
-    return jax.random.normal(jax.random.key(seed + 1), (samples, *shape[1:]))
-
-
-def _erf_statistics(erf, rf, index) -> list[tuple[str, str]]:
+def erf_statistics(erf, rf, index) -> list[tuple[str, str]]:
+    """Named ERF statistics of output ``index`` (``rf``: a ReceptiveField or LayerTheory)."""
     luo = erf.luo_size()
     area = erf.area_ratio()
+    centre = tuple(float(c) for c in rf.center(index))
     rows = [
         ("ERF std (px, per axis)", ", ".join(f"{s:.2f}" for s in erf.std())),
         (
@@ -233,9 +430,7 @@ def _erf_statistics(erf, rf, index) -> list[tuple[str, str]]:
         ),
         (
             "ERF centroid - analytic centre (px)",
-            ", ".join(
-                f"{d:+.2f}" for d in erf.centroid_offset(tuple(float(c) for c in rf.center(index)))
-            ),
+            ", ".join(f"{d:+.2f}" for d in erf.centroid_offset(centre)),
         ),
         (
             "ERF area ratio at 20/30/50/99 % (RepLKNet)",
@@ -253,7 +448,8 @@ def _erf_statistics(erf, rf, index) -> list[tuple[str, str]]:
     return rows
 
 
-def _save_heatmap(erf, rf, index, title: str, out: Path, log: bool, growth: bool = False) -> Path:
+def save_heatmap(erf, rf, index, title: str, out: Path, log: bool, growth: bool = False) -> Path:
+    """The ERF heatmap with the theoretical regions drawn (and the RF growth with ``growth``)."""
     from matplotlib.figure import Figure
 
     from . import plot
@@ -275,146 +471,137 @@ def _erf(args: argparse.Namespace) -> int:
     import jaxrf
 
     target = load_target(args.target, parse_shape(args.input_shape), args.seed)
-    rf = jaxrf.receptive_field(target.fn, _spec(target.input_shape))
+    inputs, shape, used = erf_inputs(args, target)
+    rf = jaxrf.receptive_field(target.fn, _spec(shape))
+    theory = rf if args.layer is None else layer_theory(rf, args.layer)
     index = (
-        tuple(rf.output_shape[a] // 2 for a in range(rf.ndim))
+        tuple(n // 2 for n in theory.output_shape)
         if args.index is None
         else parse_shape(args.index, "--index")
     )
     erf = jaxrf.effective_receptive_field(
         target.fn,
-        _inputs(target.input_shape, args.samples, args.seed),
+        inputs,
         index,
         batch_size=args.batch_size,
         reduce=args.reduce,
         progress=True,
+        **_layer_keyword(args.layer),
+    )
+    where = "" if args.layer is None else f", layer {args.layer}"
+    print(
+        f"{target.name} at input {_shape(shape)}{where}, output index {index}: "
+        f"ERF over {erf.count} inputs, random weights (seed {args.seed})\n{used}"
     )
     print(
-        f"{target.name} at input {_shape(target.input_shape)}, output index {index}: "
-        f"ERF over {erf.count} random normal inputs (seed {args.seed}), random weights"
+        f"  theory: size {_fmt(theory.size)}, stride {_fmt(theory.stride)}, "
+        f"padding {_fmt(theory.padding)}, region {_box(theory.region(index))}, "
+        f"clipped {_box(theory.region(index, clip=True))}"
     )
-    print(
-        f"  theory: size {_fmt(rf.size)}, stride {_fmt(rf.stride)}, padding {_fmt(rf.padding)}, "
-        f"region {_box(rf.region(index))}, clipped {_box(rf.region(index, clip=True))}"
-    )
-    for name, value in _erf_statistics(erf, rf, index):
+    for name, value in erf_statistics(erf, theory, index):
         print(f"  {name}: {value}")
     if erf.map.ndim == 2:
-        out = _save_heatmap(
-            erf, rf, index, f"{target.name}: ERF at output {index}", args.out, args.log
-        )
-        print(f"wrote {out}")
+        title = f"{target.name}{where}: ERF at output {index}"
+        print(f"wrote {save_heatmap(erf, theory, index, title, args.out, args.log)}")
+    return 0
+
+
+def _layers(args: argparse.Namespace) -> int:
+    """``jaxrf layers``: ``jaxrf.layer_report`` (theory, structural box, ERF per layer)."""
+    import jaxrf
+
+    if not hasattr(jaxrf, "layer_report"):
+        raise CommandLineError("`jaxrf layers` needs jaxrf.layer_report, which this jaxrf lacks.")
+    target = load_target(args.target, parse_shape(args.input_shape), args.seed)
+    inputs, shape, used = erf_inputs(args, target)
+    index = None if args.index is None else parse_shape(args.index, "--index")
+    try:
+        report = jaxrf.layer_report(target.fn, inputs, layers=args.layer, index=index)
+    except ValueError as error:  # an unknown layer or a bad index, named in the message
+        raise CommandLineError(f"layer report: {error}") from None
+    if args.format == "text":
+        print(f"{target.name} at input {_shape(shape)}, random weights (seed {args.seed})")
+        print(used)
+    else:  # keep stdout a clean table; say which images on stderr
+        print(used, file=sys.stderr)
+    table = report.table(args.format)
+    print(table, end="" if table.endswith("\n") else "\n")
     return 0
 
 
 def _report(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
+    from ._cli_report import run_report
 
-    import jaxrf
+    return run_report(args)
 
-    started = time.perf_counter()
-    size = args.input_size
-    target = load_target(args.model, None if size is None else (size, size), args.seed)
-    if args.model == REPORT_MODEL and size is None:
-        target = load_target(args.model, (REPORT_SIZE, REPORT_SIZE), args.seed)
-    shape = target.input_shape
-    print(
-        f"jaxrf report: {target.name} ({target.description}), random weights (seed {args.seed}), "
-        f"input {_shape(shape)}, {args.samples} random normal inputs"
-    )
-    steps = tqdm(total=4, desc="report", unit="step", file=sys.stderr)
-    rows: list[tuple[str, str, str, str]] = []
-    ok = True
 
-    # 1. Theory at the zoo's reference input, against the published / hand-derived numbers.
-    if target.expected is not None and target.zoo_input_shape is not None:
-        steps.set_postfix_str("theory at the reference input")
-        ref = jaxrf.receptive_field(target.fn, _spec(target.zoo_input_shape))
-        exp = target.expected
-        got = (ref.size, ref.stride, ref.padding)
-        want = (exp.size, exp.stride, exp.padding)
-        match = got == want
-        ok &= match
-        rows.append(
-            (
-                f"size / stride / padding at {_shape(target.zoo_input_shape)}",
-                " / ".join(_fmt(v) for v in got),
-                " / ".join(_fmt(v) for v in want) + f" ({exp.source})",
-                "match" if match else "MISMATCH",
-            )
+# ---------------------------------------------------------------------------------------
+# The parser.
+# ---------------------------------------------------------------------------------------
+
+
+def _add_image_options(parser: argparse.ArgumentParser, samples: int | None = 8) -> None:
+    default = "random normal samples" if samples is not None else "grace_hopper.jpg"
+    group = parser.add_argument_group(f"inputs (default: {default})")
+    group.add_argument("--images", nargs="+", metavar="PATH", help="folder, glob or PNG/JPEG files")
+    group.add_argument("--size", type=int, help="resize the shorter side to SIZE")
+    group.add_argument("--crop", help="centre crop H,W or one int (default: the input size)")
+    group.add_argument("--mean", help="per-channel mean on [0, 1] pixels, or 'imagenet'")
+    group.add_argument("--std", help="per-channel std, or 'imagenet'")
+    group.add_argument("--convert", action="store_true", help="convert grey/RGBA files")
+    if samples is not None:
+        group.add_argument(
+            "--samples", type=int, default=samples, help=f"random normal inputs ({samples})"
         )
-    steps.update()
+    group.add_argument("--batch-size", type=int, default=None, help="samples per step")
 
-    # 2. Theory at the report's input.
-    steps.set_postfix_str("theory")
-    rf = jaxrf.receptive_field(target.fn, _spec(shape))
-    index = tuple(n // 2 for n in rf.output_shape)
-    rows.append(
-        (
-            f"size / stride / padding at {_shape(shape)}",
-            f"{_fmt(rf.size)} / {_fmt(rf.stride)} / {_fmt(rf.padding)}",
-            "",
-            "",
-        )
-    )
-    rows.append((f"region of centre output {index} (unclipped)", _box(rf.region(index)), "", ""))
-    steps.update()
 
-    # 3. Structural support (every dependency the program can have) vs the clipped region.
-    steps.set_postfix_str("structural support")
-    import jax.numpy as jnp
+def _add_target(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("target", help="zoo name, file.py:NAME or module:NAME")
+    parser.add_argument("--input-shape", help="NHWC, e.g. 1,224,224,3 (zoo: default or H,W)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of weights and inputs")
 
-    actual = jaxrf.actual_receptive_field(target.fn, jnp.zeros(shape), index, mode="structural")
-    clipped = rf.region(index, clip=True)
-    match = actual.box == clipped
-    ok &= match
-    rows.append(
-        (
-            "clipped region vs structural support box",
-            _box(clipped),
-            _box(actual.box),
-            "match" if match else "MISMATCH",
-        )
-    )
-    steps.update()
 
-    # 4. Effective receptive field.
-    steps.set_postfix_str("ERF")
-    erf = jaxrf.effective_receptive_field(
-        target.fn, _inputs(shape, args.samples, args.seed), index, progress=False
-    )
-    steps.update()
-    steps.close()
+def _add_erf_command(sub) -> None:
+    erf = sub.add_parser("erf", help="effective receptive field heatmap and statistics")
+    _add_target(erf)
+    erf.add_argument("--index", help="output position, e.g. 16,16 (default: the centre)")
+    erf.add_argument("--layer", help="probe a unit of this layer (a name from `analyze`)")
+    erf.add_argument("--reduce", choices=("abs", "signed", "positive", "squared"), default="abs")
+    erf.add_argument("--log", action="store_true", help="logarithmic colour scale")
+    erf.add_argument("--out", type=Path, default=Path("erf.png"), help="PNG path (default erf.png)")
+    _add_image_options(erf)
+    erf.set_defaults(func=_erf)
 
-    width = max(len(r[0]) for r in rows)
-    print(f"\n{'quantity'.ljust(width)}  theory (jaxrf.receptive_field)  measured / published")
-    for name, theory, measured, verdict in rows:
-        tail = f"  {measured}" if measured else ""
-        print(f"{name.ljust(width)}  {theory}{tail}{'  -> ' + verdict if verdict else ''}")
-    print(
-        f"\neffective receptive field of output {index} (mean |input gradient| over {erf.count} "
-        "random normal inputs; random weights, so not a trained network's ERF):"
+
+def _add_layers_command(sub) -> None:
+    layers = sub.add_parser("layers", help="per-layer theory, structural support and ERF")
+    _add_target(layers)
+    layers.add_argument(
+        "--layer", action="append", help="a layer to report (repeat; default: every layer)"
     )
-    for name, value in _erf_statistics(erf, rf, index):
-        print(f"  {name}: {value}")
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if erf.map.ndim == 2:
-        png = _save_heatmap(
-            erf,
-            rf,
-            index,
-            f"{target.name} {_shape(shape[1:3])}: ERF (log scale)",
-            out_dir / f"jaxrf_report_{target.name}.png",
-            log=True,
-            growth=True,
-        )
-        print(f"wrote {png}")
-    print(
-        f"{'all checks passed' if ok else 'THEORY AND MEASUREMENT DISAGREE'} "
-        f"({time.perf_counter() - started:.1f} s)"
+    layers.add_argument("--index", help="output position (default: the centre)")
+    layers.add_argument("--format", choices=("text", "markdown", "latex", "csv"), default="text")
+    _add_image_options(layers)
+    layers.set_defaults(func=_layers)
+
+
+def _add_report_command(sub) -> None:
+    from ._cli_report import REPORT_MODEL, REPORT_SIZE, add_report_arguments
+
+    report = sub.add_parser(
+        "report",
+        help="theory vs measured, stage by stage, on a bundled photograph",
+        description=f"Theory vs measured on a zoo model (default {REPORT_MODEL} at "
+        f"{REPORT_SIZE}x{REPORT_SIZE}, random weights, on matplotlib's bundled photograph "
+        "grace_hopper.jpg): per stage, the analytic size/stride/padding against the published "
+        "numbers, the clipped analytic region of a unit against the structural support "
+        "measured by back-propagation, and ERF statistics. Writes jaxrf_report_MODEL.png. "
+        "Exit status 1 if theory and measurement disagree.",
     )
-    return 0 if ok else 1
+    add_report_arguments(report)
+    _add_image_options(report, samples=None)
+    report.set_defaults(func=_report)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -422,47 +609,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="jaxrf", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True)
-
     analyze = sub.add_parser("analyze", help="per-layer theoretical receptive field table")
-    analyze.add_argument("target", help="zoo name, file.py:NAME or module:NAME")
-    analyze.add_argument("--input-shape", help="NHWC, e.g. 1,224,224,3 (zoo: default or H,W)")
+    _add_target(analyze)
     analyze.add_argument("--format", choices=("text", "markdown", "latex", "csv"), default="text")
-    analyze.add_argument("--seed", type=int, default=0, help="weight seed for zoo models")
     analyze.set_defaults(func=_analyze)
-
-    erf = sub.add_parser("erf", help="effective receptive field heatmap and statistics")
-    erf.add_argument("target", help="zoo name, file.py:NAME or module:NAME")
-    erf.add_argument("--input-shape", help="NHWC, e.g. 1,64,64,3 (zoo: default or H,W)")
-    erf.add_argument("--index", help="output position, e.g. 16,16 (default: the centre)")
-    erf.add_argument("--samples", type=int, default=8, help="random normal inputs (default 8)")
-    erf.add_argument("--batch-size", type=int, default=None, help="samples per step")
-    erf.add_argument("--reduce", choices=("abs", "signed", "positive", "squared"), default="abs")
-    erf.add_argument("--log", action="store_true", help="logarithmic colour scale")
-    erf.add_argument("--seed", type=int, default=0, help="seed of weights and inputs")
-    erf.add_argument("--out", type=Path, default=Path("erf.png"), help="PNG path (default erf.png)")
-    erf.set_defaults(func=_erf)
-
-    report = sub.add_parser(
-        "report",
-        help="theory vs measured on a zoo model",
-        description=f"Theory vs measured on a zoo model (default {REPORT_MODEL} at "
-        f"{REPORT_SIZE}x{REPORT_SIZE}, random weights): the analytic size/stride/padding against "
-        "the published numbers, the clipped analytic region of the centre output against the "
-        "structural support measured by back-propagation, and ERF statistics over a few random "
-        "inputs. Writes jaxrf_report_MODEL.png. Exit status 1 if theory and measurement disagree.",
-    )
-    report.add_argument("model", nargs="?", default=REPORT_MODEL, help=f"zoo name ({REPORT_MODEL})")
-    report.add_argument(
-        "--input-size",
-        type=int,
-        default=None,
-        help=f"H = W of the measured input (default {REPORT_SIZE} for "
-        f"{REPORT_MODEL}, else the model's own)",
-    )
-    report.add_argument("--samples", type=int, default=4, help="random inputs for the ERF (4)")
-    report.add_argument("--seed", type=int, default=0, help="seed of weights and inputs")
-    report.add_argument("--out-dir", default=".", help="where the PNG goes (default: here)")
-    report.set_defaults(func=_report)
+    _add_erf_command(sub)
+    _add_layers_command(sub)
+    _add_report_command(sub)
     return parser
 
 
@@ -475,5 +628,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.exit(2, f"jaxrf: error: {error}\n")
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # run the imported module, whose error class the helpers raise
+    from jaxrf.cli import main as _main
+
+    sys.exit(_main())

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import jaxrf
-from jaxrf import _probe
+from jaxrf import _gradient
 
 
 def conv(x, w, stride=1, padding="VALID", dilation=1):
@@ -63,11 +63,11 @@ def test_changing_index_does_not_recompile():
     fn = lambda x: conv(x, jnp.ones((3, 1, 1)))  # noqa: E731
     x = jnp.zeros((1, 12, 1))
     jaxrf.gradient_map(fn, x, (0,))
-    before = _probe._map_at_index._cache_size()
+    before = _gradient.map_at_index._cache_size()
     for i in range(1, 10):
         g = jaxrf.gradient_map(fn, x, (i,))
         assert g[0, i : i + 3].tolist() == [1, 1, 1]
-    assert _probe._map_at_index._cache_size() == before
+    assert _gradient.map_at_index._cache_size() == before
 
 
 def test_channel_and_channel_weights():

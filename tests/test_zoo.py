@@ -54,6 +54,12 @@ RF_TABLE = {
     "luo_dilated": (21, 1, 10, True, (32, 32), "5 x span 5: 1 + 5 * 4, padding 5 * 2"),
     "luo_skip": (11, 1, 5, True, (32, 32), "skip path centred: as luo_uniform"),
     "luo_skip_subsample": (21, 4, 10, True, (8, 8), "as luo_subsample"),
+    # MTCNN, all VALID: P-Net 1+2+1+4+4 (48 -> 46 -> 23 -> 21 -> 19); R-Net 1+2+2+4+4+4
+    # (24 -> 22 -> 11 -> 9 -> 4 -> 3); O-Net 1+2+2+4+4+8+4+8 (48 -> 46 -> 23 -> 21 -> 10 -> 8
+    # -> 4 -> 3).
+    "mtcnn_pnet": (12, 2, 0, True, (19, 19), "Zhang et al. 2016: 12x12 P-Net, stride 2"),
+    "mtcnn_rnet": (17, 4, 0, True, (3, 3), "jaxrf/models/mtcnn.py"),
+    "mtcnn_onet": (33, 8, 0, True, (3, 3), "jaxrf/models/mtcnn.py"),
 }
 
 # Every TF-Slim row of Araujo et al.'s table at input 224 for the networks in the zoo, copied
@@ -154,6 +160,9 @@ SMALL_OUTPUT = {
     "luo_dilated": (1, 16, 16, 4),
     "luo_skip": (1, 16, 16, 4),
     "luo_skip_subsample": (1, 4, 4, 4),
+    "mtcnn_pnet": (1, 1, 1, 2),
+    "mtcnn_rnet": (1, 3, 3, 64),
+    "mtcnn_onet": (1, 3, 3, 128),
 }
 
 # Running these eagerly costs 4-20 s each on two cores (one XLA compile per op and shape).

@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import deeplab, resnet, slim, toys, unet
+from . import deeplab, mtcnn, resnet, slim, toys, unet
 
 Shape = tuple[int, int, int, int]
 
@@ -353,6 +353,25 @@ for _name, (_options, (_r, _s, _p)) in _LUO_VARIANTS.items():
             _options,
             native_init=_options.get("weights", "uniform") == "uniform",
             description=f"Luo et al. stack: {_options or 'uniform weights, linear'}",
+        )
+    )
+
+# MTCNN (Zhang et al. 2016): random weights here; the wheel's trained ones via
+# jaxrf.models.mtcnn.mtcnn_net(name). Hand derivations in jaxrf/models/mtcnn.py.
+for _net, (_r, _s, _shape, _small, _out) in {
+    "pnet": (12, 2, (1, 48, 48, 3), (1, 12, 12, 3), "logits"),
+    "rnet": (17, 4, (1, 24, 24, 3), (1, 24, 24, 3), "features"),
+    "onet": (33, 8, (1, 48, 48, 3), (1, 48, 48, 3), "features"),
+}.items():
+    _register(
+        ZooEntry(
+            f"mtcnn_{_net}",
+            mtcnn.MODULES[_net],
+            _shape,
+            _square(_r, _s, 0, "hand derivation in jaxrf/models/mtcnn.py (Zhang et al. 2016)"),
+            _small,
+            {"output": _out},
+            description=f"MTCNN {_net} ({_out}); trained weights: jaxrf.models.mtcnn.mtcnn_net",
         )
     )
 
