@@ -33,10 +33,10 @@ from ._probe import NonFiniteGradientWarning as NonFiniteGradientWarning
 from ._probe import actual_receptive_field as actual_receptive_field
 from ._probe import gradient_map as gradient_map
 from ._prune import prune_to_cone as prune_to_cone
+from ._registry import register_rule as register_rule
 from ._report import LayerReport as LayerReport
 from ._report import LayerReportRow as LayerReportRow
 from ._report import layer_report as layer_report
-from ._rules import register_rule as register_rule
 from ._stats import AreaRatio as AreaRatio
 from ._stats import LuoSize as LuoSize
 from ._stats import area_ratio as area_ratio

@@ -44,6 +44,8 @@ END_POINTS = {
     ("resnet_v1_101", "block2_unit4"): "resnet_v1_101/block2",
     ("resnet_v1_101", "block3_unit23"): "resnet_v1_101/block3",
 }
+
+
 def published(model: str, stage: str | None, input_size: int) -> tuple | None:
     """Araujo et al.'s ``(rf, stride, padding, source)`` for a stage at a square input, or None."""
     end_point = END_POINTS.get((model, stage))

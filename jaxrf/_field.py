@@ -224,6 +224,10 @@ class LayerRecord:
     min_size: tuple[Number, ...] | None = None
     max_size: tuple[Number, ...] | None = None
     input_min_size: tuple[Number, ...] | None = None
+    #: Where the map is in the traced program: ``(path, k)``, output ``k`` of the equation at
+    #: ``path`` (equation indices through nested sub-programs, see :class:`jaxrf._walk.Site`);
+    #: None for layer lists.
+    source: tuple[tuple[int, ...], int] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -310,6 +314,37 @@ def merge_states(states: Sequence[FieldState], name: str) -> FieldState:
         )
     terms = merge_terms([t for s in states for t in s.terms])
     return FieldState(states[0].shape, paths, terms)
+
+
+def broadcast_state(state: FieldState, shape: Sequence[int], name: str) -> FieldState:
+    """Broadcast size-1 axes of a map to ``shape`` (every position reads position 0)."""
+    if tuple(state.shape) == tuple(shape):
+        return state
+    for a, (n, m) in enumerate(zip(state.shape, shape, strict=True)):
+        if n != m and n != 1:
+            raise ValueError(
+                f"merge '{name}': a branch has spatial shape {state.shape}, which does not "
+                f"broadcast to {tuple(shape)} (axis {a}: {n} vs {m}); make the branches end at "
+                "the same shape."
+            )
+    terms = tuple(
+        tuple(
+            m if m.shape[0] == n else np.repeat(m, n, axis=0) for m, n in zip(t, shape, strict=True)
+        )
+        for t in state.terms
+    )
+    paths = []
+    for p in state.paths:
+        if p.is_global:
+            paths.append(p)
+            continue
+        # Region of every position is that of position 0: stride 0 on broadcast axes.
+        stride = tuple(
+            Fraction(0) if n == 1 and m != 1 else S
+            for S, n, m in zip(p.stride, state.shape, shape, strict=True)
+        )
+        paths.append(replace(p, stride=stride))
+    return FieldState(tuple(shape), tuple(paths), terms)
 
 
 def check_index(index, spatial_shape: Sequence[int], argument: str = "index") -> tuple[int, ...]:

@@ -11,13 +11,10 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
-from fractions import Fraction
-
-import numpy as np
+from dataclasses import dataclass
 
 from ._axis import Window, same_padding
-from ._field import FieldState, LayerRecord, ReceptiveField, merge_states
+from ._field import FieldState, LayerRecord, ReceptiveField, broadcast_state, merge_states
 
 PaddingSpec = str | int | Sequence[int | tuple[int, int]]
 _PADDING_STRINGS = ("SAME", "SAME_LOWER", "VALID")
@@ -177,37 +174,6 @@ def layer_windows(layer: Layer, shape: Sequence[int], name: str) -> tuple[Window
         Window(k, s, p, d, D)
         for k, s, p, d, D in zip(kernel, stride, padding, dilation, input_dilation, strict=True)
     )
-
-
-def broadcast_state(state: FieldState, shape: Sequence[int], name: str) -> FieldState:
-    """Broadcast size-1 axes of a map to ``shape`` (every position reads position 0)."""
-    if tuple(state.shape) == tuple(shape):
-        return state
-    for a, (n, m) in enumerate(zip(state.shape, shape, strict=True)):
-        if n != m and n != 1:
-            raise ValueError(
-                f"merge '{name}': a branch has spatial shape {state.shape}, which does not "
-                f"broadcast to {tuple(shape)} (axis {a}: {n} vs {m}); make the branches end at "
-                "the same shape."
-            )
-    terms = tuple(
-        tuple(
-            m if m.shape[0] == n else np.repeat(m, n, axis=0) for m, n in zip(t, shape, strict=True)
-        )
-        for t in state.terms
-    )
-    paths = []
-    for p in state.paths:
-        if p.is_global:
-            paths.append(p)
-            continue
-        # Region of every position is that of position 0: stride 0 on broadcast axes.
-        stride = tuple(
-            Fraction(0) if n == 1 and m != 1 else S
-            for S, n, m in zip(p.stride, state.shape, shape, strict=True)
-        )
-        paths.append(replace(p, stride=stride))
-    return FieldState(tuple(shape), tuple(paths), terms)
 
 
 def _walk(items, state: FieldState, prefix: str, records: list[LayerRecord]) -> FieldState:

@@ -1,10 +1,9 @@
 """Convolutions as matrix products, for probes on XLA:CPU.
 
-XLA:CPU runs ``dot_general`` closer to its matmul throughput than its convolutions: in the
-ResNet-50 ERF step at 224 (results/profile_erf.md) the 1x1 convolutions' 8.5 GFLOP per image
-took 120 ms as convolutions and 84 ms as products (64 -> 256 channels at 56x56: 0.37 of the
-2048 matmul's FLOP/s as a convolution, 0.58 as a product; its gradient 0.35 vs 0.82), and the
-max-pool gradient's select-and-scatter expansion took 11 ms where slices take 1 ms.
+XLA:CPU runs ``dot_general`` closer to its matmul throughput than its convolutions, and
+expands the max-pool gradient into select-and-scatter; both are measured in
+``experiments/profile_erf.py``.
+
 :func:`lower_convs` re-evaluates a network's jaxpr with every ``conv_general_dilated`` that a
 plain product can express replaced by one: a 1x1 kernel becomes a (strided) slice and one
 ``dot_general`` over channels (policy ``"matmul"``; ``"patches"`` also turns a larger kernel
@@ -13,7 +12,9 @@ one ``dot_general``); the input gradient of a stride-1 replacement is again patc
 matrix. A strided convolution reading an image (at most 4 channels: a stem) keeps XLA's
 forward but gets a phase-decomposed input gradient (:func:`phase_kernel`) instead of XLA's
 lhs-dilated convolution, which multiplies the inserted zeros. ``reduce_window_max`` gets a
-gradient made of slices and pads instead of select-and-scatter (:func:`max_pool`).
+gradient made of slices and pads instead of select-and-scatter (:func:`max_pool`). Which
+primitives are rewritten, and which calls are inlined, is read from the registry's
+``lowering`` entries (:mod:`jaxrf._registry`).
 
 The replacement computes the same sums in another order: float32 results agree with the
 convolution to rounding (relative 1e-6), not bit for bit. Convolutions with feature or batch
@@ -32,9 +33,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.extend import core as jcore
 
-from ._jaxpr import bind, interpret
+from ._walk import bind, walk
 
 #: ``lowering=`` values: ``"matmul"`` (1x1 convolutions as products, strided image stems
 #: with a phase-decomposed gradient, max-pool gradients as slices), ``"patches"`` (every
@@ -42,8 +42,6 @@ from ._jaxpr import bind, interpret
 #: ``"matmul"``), ``"none"`` (the network's own operations), ``"auto"`` (``"matmul"`` on CPU
 #: devices, ``"none"`` elsewhere).
 LOWERINGS = ("auto", "matmul", "patches", "none")
-
-_INLINE = ("pjit", "jit", "closed_call", "core_call")
 
 
 def _plain(params) -> bool:
@@ -68,9 +66,8 @@ def resolve_lowering(lowering: str, devices=None) -> str:
 
 
 #: Strided convolutions reading at most this many channels (image stems) get the
-#: phase-decomposed input gradient under "matmul": for ResNet-50's 7x7 stride-2 stem on RGB,
-#: 6.7 vs 15.6 ms per image on this CPU; with 128-512 channels XLA's own transposed
-#: convolution was faster (3x3 stride 2: 4.5 vs 7.6 ms at 128 channels).
+#: phase-decomposed input gradient under "matmul"; with many input channels XLA's own
+#: transposed convolution is kept (the crossover is measured by experiments/profile_erf.py).
 _PHASE_MAX_IN_CHANNELS = 4
 
 
@@ -245,7 +242,7 @@ def _strided_input_grad(g, w, p: _Static, in_shape):
     pads = tuple(
         (-u, qa + ka - 1 - ma + u) for u, qa, ka, ma in zip(u_min, q, sizes, m, strict=True)
     )
-    out = _native(g, v, (1,) * nd, pads, (1,) * nd, p["precision"], None)  # pad inside: faster
+    out = _native(g, v, (1,) * nd, pads, (1,) * nd, p["precision"], None)  # pads in the conv
     i_ch = w.shape[nd]
     out = out.reshape(g.shape[0], *q, *strides, i_ch)
     order = [0] + [x for a in range(nd) for x in (1 + a, 1 + nd + a)] + [1 + 2 * nd]
@@ -355,28 +352,42 @@ def _pool_eligible(params, dtype) -> bool:
     return all(d == 1 for d in params["base_dilation"]) and jnp.issubdtype(dtype, jnp.floating)
 
 
-def _run(jaxpr, consts, args, policy):
-    def rule(eqn, vals):
-        name = eqn.primitive.name
-        how = (
-            name == "conv_general_dilated"
-            and 0 not in eqn.outvars[0].aval.shape  # an empty output stays XLA's
-            and eligible(eqn.params, vals[1].shape, policy)
-        )
-        if how:
-            with eqn.ctx.manager:
-                return [conv_as_dot(*vals, how=how, **eqn.params)]
-        if name == "reduce_window_max" and _pool_eligible(eqn.params, vals[0].dtype):
-            with eqn.ctx.manager:
-                return [max_pool(vals[0], _Static.of(eqn.params))]
-        if name in _INLINE:
-            sub = eqn.params.get("jaxpr", eqn.params.get("call_jaxpr"))
-            if isinstance(sub, jcore.ClosedJaxpr):
-                return _run(sub.jaxpr, sub.consts, vals, policy)
-            return _run(sub, [], vals, policy)
+def lower_conv(eqn, vals, policy: str):
+    """Registry lowering of ``conv_general_dilated``: patches x matrix, or None (kept)."""
+    how = (
+        0 not in eqn.outvars[0].aval.shape  # an empty output stays XLA's
+        and eligible(eqn.params, vals[1].shape, policy)
+    )
+    if not how:
+        return None
+    with eqn.ctx.manager:
+        return [conv_as_dot(*vals, how=how, **eqn.params)]
+
+
+def lower_max_pool(eqn, vals, policy: str):
+    """Registry lowering of ``reduce_window_max``: :func:`max_pool`, or None (kept)."""
+    if not _pool_eligible(eqn.params, vals[0].dtype):
+        return None
+    with eqn.ctx.manager:
+        return [max_pool(vals[0], _Static.of(eqn.params))]
+
+
+def _run(program, args, policy):
+    from ._registry import REGISTRY
+
+    def visit(eqn, vals, site):
+        entry = REGISTRY.get(eqn.primitive.name)
+        if entry is not None and callable(entry.lowering):
+            outs = entry.lowering(eqn, vals, policy)
+            if outs is not None:
+                return outs
         return bind(eqn, vals)
 
-    return interpret(jaxpr, consts, args, rule)
+    def inline(eqn, vals, site) -> bool:
+        entry = REGISTRY.get(eqn.primitive.name)
+        return entry is not None and entry.lowering == "inline"
+
+    return walk(program, args, visit, descend=inline)
 
 
 def lower_convs(fn: Callable, policy: str = "matmul") -> Callable:
@@ -401,7 +412,7 @@ def lower_convs(fn: Callable, policy: str = "matmul") -> Callable:
     def lowered(*args):
         closed, shape = jax.make_jaxpr(fn, return_shape=True)(*args)
         flat = jax.tree_util.tree_leaves(args)
-        outs = _run(closed.jaxpr, closed.consts, flat, policy)
+        outs = _run(closed, flat, policy)
         return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(shape), outs)
 
     return lowered

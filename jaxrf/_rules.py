@@ -1,29 +1,27 @@
-"""The table of jaxpr primitive -> receptive-field rule, and :func:`register_rule`.
+"""Interval rules: how each primitive moves a receptive field, as functions of values.
 
-A rule receives the walker (``ctx``), the equation, and one value per equation input: a
-:class:`Dependent` (a feature map that depends on the network input: its
-:class:`~jaxrf._field.FieldState` and which array axis holds which spatial axis) or a
-:class:`Constant` (evaluated lazily: weights, ``iota``-built interpolation matrices, gather
-indices). It returns one value per equation output. Rules are only called when at least one
-input is :class:`Dependent`; everything else is constant folding.
+A rule is ``rule(ctx, eqn, inputs) -> outputs``; the interface is documented once, in
+:mod:`jaxrf._registry`. Values are :class:`Dependent` (a feature map that depends on the
+network input: its :class:`~jaxrf._field.FieldState` and which array axis holds which spatial
+axis) or :class:`Constant` (evaluated lazily: weights, ``iota``-built interpolation matrices,
+gather indices). Rules are only called when at least one input is :class:`Dependent`.
 
 Array axes are labelled: ``None`` (batch, channels, any axis the receptive field does not
 vary along), an ``int`` (that spatial axis of the network input), or :class:`Flat` (several
-axes flattened into one, as in a (B, H*W, C) token sequence).
-
-The table is :data:`RULES`, one entry per primitive, grouped by kind below.
+axes flattened into one, as in a (B, H*W, C) token sequence). The label functions
+(``*_axes``) are shared with layout detection through the registry.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from ._axis import Window
-from ._field import FieldState, merge_states, pattern_through
-from ._layers import broadcast_state
+from ._field import FieldState, LayerRecord, broadcast_state, merge_states, pattern_through
+from ._walk import Site
 
 
 @dataclass(frozen=True)
@@ -70,7 +68,55 @@ class Constant:
 
 
 Value = Dependent | Constant
-Rule = Callable[..., Sequence[Value]]
+
+
+@dataclass(frozen=True)
+class Result:
+    """A rule's outputs (one value per equation output) and the layers it recorded."""
+
+    outputs: tuple
+    records: tuple[LayerRecord, ...] = ()
+
+    @classmethod
+    def of(cls, result) -> Result:
+        """A rule's return value (a ``Result`` or a sequence of outputs) as a ``Result``."""
+        return result if isinstance(result, Result) else cls(tuple(result))
+
+    @classmethod
+    def join(cls, outputs, *results: Result) -> Result:
+        """``outputs`` with the records of ``results``, in order."""
+        return cls(tuple(outputs), tuple(r for res in results for r in res.records))
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a rule may know besides its inputs (immutable; see :mod:`jaxrf._registry`)."""
+
+    eqn: object
+    site: Site
+    ndim: int
+    namer: Callable[[object, Site, str], str]
+    walker: Callable[..., Result]
+
+    def name(self, op: str) -> str:
+        """A fresh layer name for this equation: its module path, else ``op<k>``."""
+        return self.namer(self.eqn, self.site, op)
+
+    def layer(self, state: FieldState, name: str, op: str, windows=None, out: int = 0):
+        """The :class:`LayerRecord` of output ``out`` of this equation (built, not stored)."""
+        record = state.record(name, op, windows)
+        return _with_source(record, (self.site.path, out))
+
+    def walk(self, sub, inputs: Sequence[Value], sub_index: int = 0) -> Result:
+        """Walk sub-program ``sub`` (of this container equation) on ``inputs``, same rules."""
+        return self.walker(sub, inputs, self.site.inside(self.eqn, sub_index))
+
+
+def _with_source(record: LayerRecord, source) -> LayerRecord:
+    return replace(record, source=source)
+
+
+Rule = Callable[..., Sequence[Value] | Result]
 
 
 class Mixing(Exception):  # noqa: N818 (internal control flow, never escapes the walker)
@@ -89,7 +135,7 @@ def _trivial(w: Window) -> bool:
     return w == Window(1)
 
 
-def _spatial_windows(ctx, eqn, dep: Dependent, windows: Sequence[Window | None]):
+def _spatial_windows(ctx, dep: Dependent, windows: Sequence[Window | None]):
     """Per spatial axis windows from per array axis windows; None if all trivial."""
     out = [Window(1)] * ctx.ndim
     touched = False
@@ -105,25 +151,26 @@ def _spatial_windows(ctx, eqn, dep: Dependent, windows: Sequence[Window | None])
     return tuple(out), touched
 
 
-def _through(ctx, eqn, dep: Dependent, windows, axes, op: str, layer: bool = False) -> Dependent:
-    """Push ``dep`` through per-array-axis ``windows``; record a layer if it moved, or always
-    when ``layer`` (convolutions and pools are layers even when 1x1)."""
-    spatial, touched = _spatial_windows(ctx, eqn, dep, windows)
+def through(ctx, dep: Dependent, windows, axes, op: str, layer: bool = False, out: int = 0):
+    """Push ``dep`` through per-array-axis ``windows``: a :class:`Result` with one output.
+
+    A layer is recorded if the field moved, or always when ``layer`` (convolutions and pools
+    are layers even when 1x1); ``out`` is the equation output the record describes."""
+    spatial, touched = _spatial_windows(ctx, dep, windows)
     if not touched:
         if layer and any(a is not None for a in dep.axes):
-            name = ctx.layer_name(eqn, op)
-            ctx.record(dep.state, name, op, spatial)
-        return Dependent(dep.state, tuple(axes))
-    name = ctx.layer_name(eqn, op)
+            rec = ctx.layer(dep.state, ctx.name(op), op, spatial, out)
+            return Result((Dependent(dep.state, tuple(axes)),), (rec,))
+        return Result((Dependent(dep.state, tuple(axes)),))
+    name = ctx.name(op)
     state = dep.state.through(spatial, name)
     if 0 in state.shape:
         raise ValueError(f"'{name}' ({op}) leaves no output features: spatial shape {state.shape}.")
-    ctx.record(state, name, op, spatial)
-    return Dependent(state, tuple(axes))
+    rec = ctx.layer(state, name, op, spatial, out)
+    return Result((Dependent(state, tuple(axes)),), (rec,))
 
 
-def unify(ctx, eqn, deps: Sequence[Dependent], op: str) -> Dependent:
-    """Merge operands of an elementwise op / channel concatenation, broadcasting size-1 axes."""
+def _merged_labels(deps: Sequence[Dependent]) -> list[Label]:
     ndim_out = max(len(d.axes) for d in deps)
     labels: list[Label] = []
     for p in range(ndim_out):
@@ -131,22 +178,28 @@ def unify(ctx, eqn, deps: Sequence[Dependent], op: str) -> Dependent:
         if len(found) > 1:
             raise Mixing(f"array axis {p} holds different spatial axes {sorted(map(str, found))}")
         labels.append(found.pop() if found else None)
+    return labels
+
+
+def unify(ctx, deps: Sequence[Dependent], op: str) -> Result:
+    """Merge operands of an elementwise op / channel concatenation, broadcasting size-1 axes."""
+    labels = _merged_labels(deps)
     held = {a for lab in labels for a in _spatial_of(lab)}
     target = tuple(max(d.state.shape[a] for d in deps) for a in range(ctx.ndim))
     states = []
     for d in deps:
-        mine = {a for lab in d.axes for a in _spatial_of(lab)} if len(d.axes) == ndim_out else set()
+        same_rank = len(d.axes) == len(labels)
+        mine = {a for lab in d.axes for a in _spatial_of(lab)} if same_rank else set()
         for a in held - mine:
             if d.state.shape[a] != 1:
                 raise Mixing(f"spatial axis {a} sits on different array axes of the operands")
         states.append(broadcast_state(d.state, target, op))
     distinct = list({id(s): s for s in states}.values())
     if len(distinct) == 1:
-        return Dependent(distinct[0], tuple(labels))
-    name = ctx.layer_name(eqn, op)
+        return Result((Dependent(distinct[0], tuple(labels)),))
+    name = ctx.name(op)
     state = merge_states(distinct, name)
-    ctx.record(state, name, op)
-    return Dependent(state, tuple(labels))
+    return Result((Dependent(state, tuple(labels)),), (ctx.layer(state, name, op),))
 
 
 def _spatial_of(label: Label) -> tuple[int, ...]:
@@ -168,15 +221,19 @@ def elementwise(ctx, eqn, inputs):
     rank = len(_shape(eqn.outvars[0]))
     deps = [d if len(d.axes) == rank else Dependent(d.state, (None,) * rank) for d in deps]
     if len(deps) == 1:
-        out = deps[0]
-    else:
-        out = unify(ctx, eqn, deps, eqn.primitive.name)
-    return [out] * len(eqn.outvars)
+        return [deps[0]] * len(eqn.outvars)
+    res = unify(ctx, deps, eqn.primitive.name)
+    return Result.join(res.outputs * len(eqn.outvars), res)
 
 
 def identity(ctx, eqn, inputs):
     """Ops returning their operands unchanged (optimization_barrier, sharding constraints)."""
     return list(inputs)[: len(eqn.outvars)]
+
+
+def same_axes(eqn, axes):
+    """Layout of an elementwise op: the output keeps the operand's labels (same rank)."""
+    return axes if len(axes) == len(_shape(eqn.outvars[0])) else None
 
 
 # ---------------------------------------------------------------------------------------
@@ -212,7 +269,12 @@ def conv(ctx, eqn, inputs):
     for k in (0, 1):
         if lhs.axes[lhs_spec[k]] is not None:
             raise Mixing(f"the convolution's batch or feature axis holds {lhs.axes[lhs_spec[k]]}")
-    return [_through(ctx, eqn, lhs, windows, axes, "conv", layer=True)]
+    return through(ctx, lhs, windows, axes, "conv", layer=True)
+
+
+def conv_spatial(eqn, axes):
+    """Layout: the input axes a convolution's lhs holds on its spatial dimensions."""
+    return tuple(axes[p] for p in eqn.params["dimension_numbers"].lhs_spec[2:])
 
 
 _POOL_OPS = {
@@ -223,17 +285,22 @@ _POOL_OPS = {
 }
 
 
+def _merge_operands(ctx, eqn, inputs, n_operands: int, has_init: bool):
+    """The one dependent operand of a (variadic) reduction, merging several if needed."""
+    if has_init and any(isinstance(v, Dependent) for v in inputs[n_operands:]):
+        raise Mixing("the initial value depends on the input")
+    deps = [d for _, d in _deps(inputs[:n_operands])]
+    if len(deps) == 1:
+        return Result((deps[0],))
+    return unify(ctx, deps, "merge")
+
+
 def reduce_window(ctx, eqn, inputs):
     """``reduce_window_{max,min,sum}`` and generic ``reduce_window``: pooling windows."""
     p = eqn.params
     n_out = len(eqn.outvars)
-    deps = [d for _, d in _deps(inputs[:n_out])]
-    if (
-        any(isinstance(v, Dependent) for v in inputs[n_out:])
-        and eqn.primitive.name == "reduce_window"
-    ):
-        raise Mixing("the initial value depends on the input")
-    dep = deps[0] if len(deps) == 1 else unify(ctx, eqn, deps, "merge")
+    merged = _merge_operands(ctx, eqn, inputs, n_out, eqn.primitive.name == "reduce_window")
+    (dep,) = merged.outputs
     windows = [
         Window(int(k), int(s), (int(pad[0]), int(pad[1])), int(wd), int(bd))
         for k, s, pad, wd, bd in zip(
@@ -245,8 +312,9 @@ def reduce_window(ctx, eqn, inputs):
             strict=True,
         )
     ]
-    out = _through(ctx, eqn, dep, windows, dep.axes, _POOL_OPS[eqn.primitive.name], layer=True)
-    return [out] * n_out
+    op = _POOL_OPS[eqn.primitive.name]
+    res = through(ctx, dep, windows, dep.axes, op, layer=True)
+    return Result.join(res.outputs * n_out, merged, res)
 
 
 def pad(ctx, eqn, inputs):
@@ -258,7 +326,7 @@ def pad(ctx, eqn, inputs):
         Window(1, 1, (int(lo), int(hi)), 1, int(interior) + 1)
         for lo, hi, interior in eqn.params["padding_config"]
     ]
-    return [_through(ctx, eqn, operand, windows, operand.axes, "pad")]
+    return through(ctx, operand, windows, operand.axes, "pad")
 
 
 def slice_(ctx, eqn, inputs):
@@ -273,7 +341,7 @@ def slice_(ctx, eqn, inputs):
             p["start_indices"], p["limit_indices"], strides, shape, strict=True
         )
     ]
-    return [_through(ctx, eqn, operand, windows, operand.axes, "slice")]
+    return through(ctx, operand, windows, operand.axes, "slice")
 
 
 def dynamic_slice(ctx, eqn, inputs):
@@ -286,7 +354,7 @@ def dynamic_slice(ctx, eqn, inputs):
     for s, size, n in zip(starts, eqn.params["slice_sizes"], shape, strict=True):
         start = int(np.clip(int(s.value), 0, n - size))
         windows.append(Window(1, 1, (-start, start + size - n)))
-    return [_through(ctx, eqn, operand, windows, operand.axes, "slice")]
+    return through(ctx, operand, windows, operand.axes, "slice")
 
 
 def split(ctx, eqn, inputs):
@@ -295,13 +363,13 @@ def split(ctx, eqn, inputs):
     (operand,) = inputs
     axis = eqn.params["axis"]
     n = _shape(eqn.invars[0])[axis]
-    outs, offset = [], 0
-    for size in map(int, eqn.params["sizes"]):
+    parts, offset = [], 0
+    for k, size in enumerate(map(int, eqn.params["sizes"])):
         windows: list[Window | None] = [None] * len(operand.axes)
         windows[axis] = Window(1, 1, (-offset, offset + size - n))
-        outs.append(_through(ctx, eqn, operand, windows, operand.axes, "slice"))
+        parts.append(through(ctx, operand, windows, operand.axes, "slice", out=k))
         offset += size
-    return outs
+    return Result.join([r.outputs[0] for r in parts], *parts)
 
 
 def cumulative(ctx, eqn, inputs):
@@ -311,7 +379,7 @@ def cumulative(ctx, eqn, inputs):
     axis, n = eqn.params["axis"], shape[eqn.params["axis"]]
     windows: list[Window | None] = [None] * len(shape)
     windows[axis] = Window(n, 1, (0, n - 1) if eqn.params["reverse"] else (n - 1, 0))
-    return [_through(ctx, eqn, operand, windows, operand.axes, eqn.primitive.name)]
+    return through(ctx, operand, windows, operand.axes, eqn.primitive.name)
 
 
 # ---------------------------------------------------------------------------------------
@@ -325,7 +393,7 @@ def concatenate(ctx, eqn, inputs):
     deps = _deps(inputs)
     labels = {dep.axes[d] for _, dep in deps}
     if labels == {None}:
-        return [unify(ctx, eqn, [dep for _, dep in deps], "concat")]
+        return unify(ctx, [dep for _, dep in deps], "concat")
     if len(labels) != 1 or isinstance(next(iter(labels)), Flat):
         raise Mixing(f"concatenation along an axis holding {sorted(map(str, labels))}")
     sizes = [_shape(v)[d] for v in eqn.invars]
@@ -334,10 +402,10 @@ def concatenate(ctx, eqn, inputs):
     for k, dep in deps:
         windows: list[Window | None] = [None] * len(dep.axes)
         windows[d] = Window(1, 1, (int(offsets[k]), int(total - offsets[k] - sizes[k])))
-        spatial, touched = _spatial_windows(ctx, eqn, dep, windows)
-        state = dep.state.through(spatial, ctx.layer_name(eqn, "concat")) if touched else dep.state
+        spatial, touched = _spatial_windows(ctx, dep, windows)
+        state = dep.state.through(spatial, ctx.name("concat")) if touched else dep.state
         placed.append(Dependent(state, dep.axes))
-    return [unify(ctx, eqn, placed, "concat")]
+    return unify(ctx, placed, "concat")
 
 
 # ---------------------------------------------------------------------------------------
@@ -345,120 +413,157 @@ def concatenate(ctx, eqn, inputs):
 # ---------------------------------------------------------------------------------------
 
 
+def _global_along(state: FieldState, axes: Sequence[int], name: str) -> FieldState:
+    """Every output reads the whole extent of each spatial axis in ``axes``."""
+    for a in axes:
+        state = pattern_through(state, a, np.ones((1, state.shape[a]), bool), name, True)
+    return state
+
+
 def reduction(ctx, eqn, inputs):
     """``reduce_*``/``argmax``/``argmin``: over channels, nothing changes; over a spatial axis,
     every output reads the whole extent of that axis (global pooling)."""
     axes = eqn.params.get("axes", eqn.params.get("dimensions"))
     n_out = len(eqn.outvars)
-    deps = [
-        d
-        for _, d in _deps(inputs[: len(inputs) - (n_out if eqn.primitive.name == "reduce" else 0)])
-    ]
-    if eqn.primitive.name == "reduce" and any(isinstance(v, Dependent) for v in inputs[-n_out:]):
-        raise Mixing("the initial value depends on the input")
-    dep = deps[0] if len(deps) == 1 else unify(ctx, eqn, deps, "merge")
+    generic = eqn.primitive.name == "reduce"
+    merged = _merge_operands(ctx, eqn, inputs, len(inputs) - (n_out if generic else 0), generic)
+    (dep,) = merged.outputs
     reduced = [a for p in axes for a in _spatial_of(dep.axes[p])]
     kept = tuple(lab for p, lab in enumerate(dep.axes) if p not in axes)
     if not reduced:
-        return [Dependent(dep.state, kept)] * n_out
-    name = ctx.layer_name(eqn, "global_" + eqn.primitive.name)
-    state = dep.state
-    for a in reduced:
-        state = pattern_through(state, a, np.ones((1, state.shape[a]), bool), name, is_global=True)
-    ctx.record(state, name, "global_" + eqn.primitive.name)
-    return [Dependent(state, kept)] * n_out
+        return Result.join([Dependent(dep.state, kept)] * n_out, merged)
+    op = "global_" + eqn.primitive.name
+    name = ctx.name(op)
+    state = _global_along(dep.state, reduced, name)
+    return Result((Dependent(state, kept),) * n_out, merged.records + (ctx.layer(state, name, op),))
 
 
 # ---------------------------------------------------------------------------------------
-# Shape and layout: only the labels move.
+# Shape and layout: only the labels move. Each ``*_axes`` function is also the primitive's
+# layout entry in the registry.
 # ---------------------------------------------------------------------------------------
 
 
-def transpose(ctx, eqn, inputs):
-    (x,) = inputs
-    return [Dependent(x.state, tuple(x.axes[p] for p in eqn.params["permutation"]))]
+def transpose_axes(eqn, axes):
+    return tuple(axes[p] for p in eqn.params["permutation"])
 
 
-def squeeze(ctx, eqn, inputs):
-    (x,) = inputs
-    drop = {d % len(x.axes) for d in eqn.params["dimensions"]}
-    return [Dependent(x.state, tuple(lab for p, lab in enumerate(x.axes) if p not in drop))]
+def squeeze_axes(eqn, axes):
+    drop = {d % len(axes) for d in eqn.params["dimensions"]}
+    return tuple(lab for p, lab in enumerate(axes) if p not in drop)
 
 
-def expand_dims(ctx, eqn, inputs):
-    (x,) = inputs
+def expand_dims_axes(eqn, axes):
     rank = len(_shape(eqn.outvars[0]))
     new = {d % rank for d in eqn.params["dimensions"]}
-    it = iter(x.axes)
-    return [Dependent(x.state, tuple(None if p in new else next(it) for p in range(rank)))]
+    it = iter(axes)
+    return tuple(None if p in new else next(it) for p in range(rank))
+
+
+def _labels_only(axes_fn):
+    def rule(ctx, eqn, inputs):
+        x = inputs[0]
+        return [Dependent(x.state, axes_fn(eqn, x.axes))]
+
+    rule.__name__ = rule.__qualname__ = axes_fn.__name__.removesuffix("_axes")
+    rule.__doc__ = f"``{rule.__name__}``: only the labels move."
+    return rule
+
+
+transpose = _labels_only(transpose_axes)
+squeeze = _labels_only(squeeze_axes)
+expand_dims = _labels_only(expand_dims_axes)
+
+
+def broadcast_axes(eqn, axes, stretchable=lambda label: False):
+    """Labels after ``broadcast_in_dim`` and the spatial axes stretched from size 1 to ``n``.
+
+    New axes are unlabelled; a labelled axis stretched from 1 keeps its label only where
+    ``stretchable(label)`` (a size-1 spatial axis of the map), else it loses it."""
+    shape = eqn.params["shape"]
+    in_shape = _shape(eqn.invars[0])
+    out: list[Label] = [None] * len(shape)
+    stretched: dict[int, int] = {}
+    for i, p in enumerate(eqn.params["broadcast_dimensions"]):
+        if in_shape[i] == shape[p]:
+            out[p] = axes[i]
+        elif isinstance(axes[i], int) and stretchable(axes[i]):
+            out[p] = axes[i]
+            stretched[axes[i]] = int(shape[p])
+    return tuple(out), stretched
+
+
+def broadcast_layout(eqn, axes):
+    return broadcast_axes(eqn, axes)[0]
 
 
 def broadcast_in_dim(ctx, eqn, inputs):
-    """New axes are unlabelled; a size-1 spatial axis stretched to ``n`` loses its label (the
-    map keeps size 1 there and is broadcast where it meets another operand)."""
+    """New axes are unlabelled; a size-1 spatial axis stretched to ``n`` keeps its label (the
+    map keeps size 1 there and is broadcast where it meets another operand), so that a later
+    pad or crop along it is followed; every position reads what position 0 reads."""
     x = inputs[0]
-    shape = eqn.params["shape"]
-    in_shape = _shape(eqn.invars[0])
-    axes: list[Label] = [None] * len(shape)
-    stretched: dict[int, int] = {}
-    for i, p in enumerate(eqn.params["broadcast_dimensions"]):
-        label = x.axes[i]
-        if in_shape[i] == shape[p]:
-            axes[p] = label
-        elif isinstance(label, int) and x.state.shape[label] == 1:
-            # A labelled size-1 spatial axis stretched to n keeps its label, so that a later
-            # pad or crop along it is followed; every position reads what position 0 reads.
-            axes[p] = label
-            stretched[label] = int(shape[p])
+    axes, stretched = broadcast_axes(eqn, x.axes, lambda a: x.state.shape[a] == 1)
     state = x.state
     if stretched:
         target = tuple(stretched.get(a, n) for a, n in enumerate(state.shape))
-        state = broadcast_state(state, target, ctx.layer_name(eqn, "broadcast"))
-    return [Dependent(state, tuple(axes))]
+        state = broadcast_state(state, target, ctx.name("broadcast"))
+    return [Dependent(state, axes)]
 
 
-def reshape(ctx, eqn, inputs):
+def _reshape_group(items, out_shape, outs, i, j):
+    """The next run of input items and output axes with equal products, from ``i``/``j``."""
+    group, targets = [items[i]], [outs[j]]
+    i, j = i + 1, j + 1
+    a, b = group[0][0], out_shape[targets[0]]
+    while a != b:
+        if a < b:
+            group.append(items[i])
+            a *= items[i][0]
+            i += 1
+        else:
+            targets.append(outs[j])
+            b *= out_shape[outs[j]]
+            j += 1
+    return group, targets, i, j
+
+
+def _flatten(group):
+    parts, sizes = [], []
+    for n, lab in group:
+        if isinstance(lab, Flat):
+            parts += lab.parts
+            sizes += lab.sizes
+        else:
+            parts.append(lab)
+            sizes.append(n)
+    return parts, sizes
+
+
+def reshape_axes(eqn, axes):
     """Reshapes that keep spatial axes whole: flattening (H, W) into tokens and back."""
-    x = inputs[0]
     if eqn.params.get("dimensions") is not None:
         raise Mixing("reshape with a dimension permutation")
     in_shape, out_shape = _shape(eqn.invars[0]), _shape(eqn.outvars[0])
-    items = [(n, lab) for n, lab in zip(in_shape, x.axes, strict=True) if n != 1]
+    items = [(n, lab) for n, lab in zip(in_shape, axes, strict=True) if n != 1]
     outs = [p for p, n in enumerate(out_shape) if n != 1]
-    axes: list[Label] = [None] * len(out_shape)
-    i = 0
-    j = 0
+    out: list[Label] = [None] * len(out_shape)
+    i = j = 0
     while i < len(items) or j < len(outs):
-        group, targets = [items[i]], [outs[j]]
-        i, j = i + 1, j + 1
-        a, b = group[0][0], out_shape[targets[0]]
-        while a != b:
-            if a < b:
-                group.append(items[i])
-                a *= items[i][0]
-                i += 1
-            else:
-                targets.append(outs[j])
-                b *= out_shape[outs[j]]
-                j += 1
-        parts, sizes = [], []
-        for n, lab in group:
-            if isinstance(lab, Flat):
-                parts += lab.parts
-                sizes += lab.sizes
-            else:
-                parts.append(lab)
-                sizes.append(n)
+        group, targets, i, j = _reshape_group(items, out_shape, outs, i, j)
+        parts, sizes = _flatten(group)
         if all(q is None for q in parts):
             continue
         if len(targets) == 1:
-            axes[targets[0]] = parts[0] if len(parts) == 1 else Flat(tuple(parts), tuple(sizes))
+            out[targets[0]] = parts[0] if len(parts) == 1 else Flat(tuple(parts), tuple(sizes))
         elif [out_shape[t] for t in targets] == sizes:
             for t, q in zip(targets, parts, strict=True):
-                axes[t] = q
+                out[t] = q
         else:
             raise Mixing(f"reshape {in_shape} -> {out_shape} splits spatial axes {parts}")
-    return [Dependent(x.state, tuple(axes))]
+    return tuple(out)
+
+
+reshape = _labels_only(reshape_axes)
 
 
 # ---------------------------------------------------------------------------------------
@@ -466,98 +571,110 @@ def reshape(ctx, eqn, inputs):
 # ---------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _Dot:
+    """The axes of a ``dot_general``: per operand, contracted, batch and free positions."""
+
+    contract: tuple[tuple[int, ...], tuple[int, ...]]
+    batch: tuple[tuple[int, ...], tuple[int, ...]]
+    free: tuple[tuple[int, ...], tuple[int, ...]]
+
+    @classmethod
+    def of(cls, eqn) -> _Dot:
+        (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
+        ranks = (len(_shape(eqn.invars[0])), len(_shape(eqn.invars[1])))
+        contract, batch = (tuple(lc), tuple(rc)), (tuple(lb), tuple(rb))
+        free = tuple(
+            tuple(p for p in range(ranks[k]) if p not in contract[k] and p not in batch[k])
+            for k in (0, 1)
+        )
+        return cls(contract, batch, free)
+
+    def out_axes(self, labels, batch_labels=None):
+        """Per output axis: batch dims, lhs free, rhs free."""
+        if batch_labels is None:
+            batch_labels = [labels[0][p] for p in self.batch[0]]
+        return (
+            tuple(batch_labels)
+            + tuple(labels[0][p] for p in self.free[0])
+            + tuple(labels[1][p] for p in self.free[1])
+        )
+
+
 def dot_general(ctx, eqn, inputs):
     """Contraction over channels: pointwise. A constant matrix over one spatial axis (resize):
     the nonzero pattern of the evaluated matrix, exactly. Both operands dependent and a spatial
     axis contracted (attention): every output reads the whole input."""
-    (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
-    lhs, rhs = inputs
-    ranks = (len(_shape(eqn.invars[0])), len(_shape(eqn.invars[1])))
-    contract, batch = (tuple(lc), tuple(rc)), (tuple(lb), tuple(rb))
-    free = [
-        [p for p in range(ranks[k]) if p not in contract[k] and p not in batch[k]] for k in (0, 1)
-    ]
-    both = [lhs, rhs]
-
-    def out_axes(labels):  # per output axis: batch dims, lhs free, rhs free
-        return (
-            tuple(labels[0][p] for p in batch[0])
-            + tuple(labels[0][p] for p in free[0])
-            + tuple(labels[1][p] for p in free[1])
-        )
-
+    dot = _Dot.of(eqn)
     labels = [
-        v.axes if isinstance(v, Dependent) else (None,) * r
-        for v, r in zip(both, ranks, strict=True)
+        v.axes if isinstance(v, Dependent) else (None,) * len(_shape(var))
+        for v, var in zip(inputs, eqn.invars, strict=True)
     ]
-    contracted = {
-        k: [labels[k][p] for p in contract[k] if labels[k][p] is not None] for k in (0, 1)
-    }
-    deps = [k for k in (0, 1) if isinstance(both[k], Dependent)]
+    deps = [k for k in (0, 1) if isinstance(inputs[k], Dependent)]
     if len(deps) == 2:
-        merged = [
-            labels[0][p] if labels[0][p] is not None else labels[1][q]
-            for p, q in zip(batch[0], batch[1], strict=True)
-        ]
-        axes = (
-            tuple(merged)
-            + tuple(labels[0][p] for p in free[0])
-            + tuple(labels[1][p] for p in free[1])
-        )
-        spatial = [a for lab in axes for a in _spatial_of(lab)]
-        if contracted[0] or contracted[1] or len(spatial) != len(set(spatial)):
-            # Attention (q k^T, then weights @ v): every output reads the whole input.
-            name = ctx.layer_name(eqn, "attention")
-            shape = tuple(max(both[k].state.shape[a] for k in (0, 1)) for a in range(ctx.ndim))
-            state = lhs.state.make_global(shape, name)
-            ctx.record(state, name, "attention")
-            return [Dependent(state, _first_only(axes))]
-        merged = unify(ctx, eqn, [Dependent(both[k].state, ()) for k in (0, 1)], "merge")
-        return [Dependent(merged.state, axes)]
+        return _dot_both(ctx, dot, inputs, labels)
     k = deps[0]
-    dep = both[k]
-    if not contracted[k]:
-        return [Dependent(dep.state, out_axes(labels))]
-    pos = [p for p in contract[k] if labels[k][p] is not None]
+    pos = [p for p in dot.contract[k] if labels[k][p] is not None]
+    if not pos:
+        return [Dependent(inputs[k].state, dot.out_axes(labels))]
     if len(pos) != 1 or isinstance(labels[k][pos[0]], Flat):
-        name = ctx.layer_name(eqn, "dense")
-        state = dep.state
-        for a in sorted({a for p in pos for a in _spatial_of(labels[k][p])}):
-            state = pattern_through(state, a, np.ones((1, state.shape[a]), bool), name, True)
-        ctx.record(state, name, "dense")
-        return [
-            Dependent(
-                state,
-                out_axes(
-                    [
-                        _clear(labels[0], pos if k == 0 else ()),
-                        _clear(labels[1], pos if k == 1 else ()),
-                    ]
-                ),
-            )
-        ]
-    p = pos[0]
+        return _dot_dense(ctx, dot, inputs[k], k, labels, pos)
+    return _dot_resize(ctx, eqn, dot, inputs, k, labels, pos[0])
+
+
+def _dot_both(ctx, dot: _Dot, inputs, labels):
+    """Both operands depend on the input: a merge, or attention when a spatial axis is
+    contracted or appears twice (every output reads the whole input)."""
+    lhs, rhs = inputs
+    merged = [
+        labels[0][p] if labels[0][p] is not None else labels[1][q]
+        for p, q in zip(dot.batch[0], dot.batch[1], strict=True)
+    ]
+    axes = dot.out_axes(labels, merged)
+    spatial = [a for lab in axes for a in _spatial_of(lab)]
+    contracted = any(labels[k][p] is not None for k in (0, 1) for p in dot.contract[k])
+    if contracted or len(spatial) != len(set(spatial)):
+        name = ctx.name("attention")
+        shape = tuple(max(v.state.shape[a] for v in inputs) for a in range(ctx.ndim))
+        state = lhs.state.make_global(shape, name)
+        return Result(
+            (Dependent(state, _first_only(axes)),), (ctx.layer(state, name, "attention"),)
+        )
+    res = unify(ctx, [Dependent(v.state, ()) for v in inputs], "merge")
+    return Result.join([Dependent(res.outputs[0].state, axes)], res)
+
+
+def _dot_dense(ctx, dot: _Dot, dep: Dependent, k: int, labels, pos):
+    """A contraction over several spatial axes (a dense layer on flattened features)."""
+    name = ctx.name("dense")
+    state = _global_along(
+        dep.state, sorted({a for p in pos for a in _spatial_of(labels[k][p])}), name
+    )
+    cleared = [_clear(labels[j], pos if j == k else ()) for j in (0, 1)]
+    return Result((Dependent(state, dot.out_axes(cleared)),), (ctx.layer(state, name, "dense"),))
+
+
+def _dot_resize(ctx, eqn, dot: _Dot, inputs, k: int, labels, p: int):
+    """A constant matrix over one spatial axis: its nonzero pattern ``(n_out, n_in)``."""
     axis = labels[k][p]
-    other = both[1 - k]
-    c_other = contract[1 - k][contract[k].index(p)]
-    value = other.value != 0
-    free_other = [q for q in free[1 - k] if _shape(eqn.invars[1 - k])[q] != 1]
-    if not free_other and len(free[1 - k]) == 1 and not batch[1 - k]:
-        free_other = list(free[1 - k])  # an (n_in, 1) matrix: a resize to size 1 keeps the axis
-    if len(free_other) > 1 or batch[1 - k]:
+    c_other = dot.contract[1 - k][dot.contract[k].index(p)]
+    free_other = [q for q in dot.free[1 - k] if _shape(eqn.invars[1 - k])[q] != 1]
+    if not free_other and len(dot.free[1 - k]) == 1 and not dot.batch[1 - k]:
+        free_other = list(dot.free[1 - k])  # an (n_in, 1) matrix: a resize to size 1 keeps it
+    if len(free_other) > 1 or dot.batch[1 - k]:
         raise Mixing("a constant contraction over a spatial axis with several free axes")
     keep = [c_other] + free_other
-    pattern = np.moveaxis(value, keep, range(len(keep)))
+    pattern = np.moveaxis(inputs[1 - k].value != 0, keep, range(len(keep)))
     pattern = pattern.reshape(pattern.shape[: len(keep)] + (-1,)).any(axis=-1)
     pattern = pattern.T if free_other else pattern[None, :]  # (n_out, n_in)
-    name = ctx.layer_name(eqn, "resize")
-    state = pattern_through(dep.state, axis, pattern, name, is_global=not free_other)
-    ctx.record(state, name, "resize" if free_other else "global_dot")
+    name = ctx.name("resize")
+    state = pattern_through(inputs[k].state, axis, pattern, name, is_global=not free_other)
+    rec = ctx.layer(state, name, "resize" if free_other else "global_dot")
     labels = [list(labels[0]), list(labels[1])]
     labels[k][p] = None
     if free_other:
         labels[1 - k][free_other[0]] = axis
-    return [Dependent(state, out_axes(labels))]
+    return Result((Dependent(state, dot.out_axes(labels)),), (rec,))
 
 
 def _clear(labels, positions):
@@ -573,15 +690,11 @@ def _first_only(axes):
     return tuple(out)
 
 
-def gather(ctx, eqn, inputs):
-    """``gather`` with constant indices along one axis (nearest-neighbour resize)."""
-    operand, indices = inputs
-    if isinstance(indices, Dependent):
-        raise Mixing("the gather indices depend on the input")
+def _gather_lookup(eqn, operand: Dependent, idx):
+    """Checks that a gather is a lookup along one axis; its axis and output labels."""
     dn = eqn.params["dimension_numbers"]
     slice_sizes = eqn.params["slice_sizes"]
     in_shape, out_shape = _shape(eqn.invars[0]), _shape(eqn.outvars[0])
-    idx = indices.value
     if (
         len(dn.start_index_map) != 1
         or dn.operand_batching_dims
@@ -590,18 +703,28 @@ def gather(ctx, eqn, inputs):
     ):
         raise Mixing("a gather that is not a lookup along one axis")
     ax = dn.start_index_map[0]
-    size = slice_sizes[ax]
     for q, n in enumerate(in_shape):
         if q != ax and slice_sizes[q] != n and operand.axes[q] is not None:
             raise Mixing("a gather that crops a spatial axis")
-    batch_shape = idx.shape[:-1]
-    batch_out = [q for q in range(len(out_shape)) if q not in dn.offset_dims]
-    big = [q for q, n in zip(batch_out, batch_shape, strict=True) if n != 1]
-    label = operand.axes[ax]
     offset_src = [q for q in range(len(in_shape)) if q not in dn.collapsed_slice_dims]
     axes: list[Label] = [None] * len(out_shape)
     for q_out, q_in in zip(dn.offset_dims, offset_src, strict=True):
         axes[q_out] = operand.axes[q_in] if q_in != ax else None
+    batch_out = [q for q in range(len(out_shape)) if q not in dn.offset_dims]
+    return ax, axes, batch_out
+
+
+def gather(ctx, eqn, inputs):
+    """``gather`` with constant indices along one axis (nearest-neighbour resize)."""
+    operand, indices = inputs
+    if isinstance(indices, Dependent):
+        raise Mixing("the gather indices depend on the input")
+    idx = indices.value
+    ax, axes, batch_out = _gather_lookup(eqn, operand, idx)
+    dn = eqn.params["dimension_numbers"]
+    size = eqn.params["slice_sizes"][ax]
+    big = [q for q, n in zip(batch_out, idx.shape[:-1], strict=True) if n != 1]
+    label = operand.axes[ax]
     if label is None:
         return [Dependent(operand.state, tuple(axes))]
     if (
@@ -610,9 +733,19 @@ def gather(ctx, eqn, inputs):
         or (size != 1 and ax not in dn.collapsed_slice_dims and big)
     ):
         raise Mixing("a gather along a flattened axis or with several index axes")
-    n = in_shape[ax]
+    pattern = _gather_pattern(idx, _shape(eqn.invars[0])[ax], size, str(eqn.params["mode"]))
+    name = ctx.name("gather")
+    state = pattern_through(operand.state, label, pattern, name)
+    if big:
+        axes[big[0]] = label
+    elif len(batch_out) == 1:  # one index (a resize to size 1): its axis keeps the label
+        axes[batch_out[0]] = label
+    return Result((Dependent(state, tuple(axes)),), (ctx.layer(state, name, "gather"),))
+
+
+def _gather_pattern(idx, n: int, size: int, mode: str) -> np.ndarray:
+    """``(n_indices, n)``: which positions each lookup of ``size`` elements reads."""
     starts = idx.reshape(-1).astype(np.int64)
-    mode = str(eqn.params["mode"])
     inside = (starts >= 0) & (starts <= n - size)
     if "FILL" not in mode:
         starts, inside = np.clip(starts, 0, n - size), np.ones_like(inside)
@@ -620,101 +753,31 @@ def gather(ctx, eqn, inputs):
     for t in range(size):
         rows = np.flatnonzero(inside)
         pattern[rows, starts[rows] + t] = True
-    name = ctx.layer_name(eqn, "gather")
-    state = pattern_through(operand.state, label, pattern, name)
-    ctx.record(state, name, "gather")
-    if big:
-        axes[big[0]] = label
-    elif len(batch_out) == 1:  # one index (a resize to size 1): its axis keeps the label
-        axes[batch_out[0]] = label
-    return [Dependent(state, tuple(axes))]
+    return pattern
 
 
 # ---------------------------------------------------------------------------------------
-# Containers: walked recursively.
+# Global: the ``unknown="global"`` escape hatch.
 # ---------------------------------------------------------------------------------------
 
 
-def call(ctx, eqn, inputs):
-    """``jit``/``pjit``/``closed_call``/``custom_jvp_call``/``custom_vjp_call``/``remat``."""
-    sub = eqn.params.get("jaxpr", eqn.params.get("call_jaxpr"))
-    return ctx.walk_call(eqn, sub, inputs)
+def global_outputs(ctx, eqn, inputs) -> Result:
+    """Every output reads the whole input; labels kept where the shape is kept."""
+    first = next(v for v in inputs if isinstance(v, Dependent))
+    op = eqn.primitive.name
+    name = ctx.name(op)
+    in_shape = tuple(eqn.invars[inputs.index(first)].aval.shape)
+    outs = []
+    for var in eqn.outvars:
+        if tuple(var.aval.shape) == in_shape:
+            state, axes = first.state.make_global(first.state.shape, name), first.axes
+        else:
+            state = first.state.make_global((1,) * ctx.ndim, name)
+            axes = (None,) * len(var.aval.shape)
+        outs.append(Dependent(state, axes))
+    return Result(tuple(outs), (ctx.layer(outs[0].state, name, op),))
 
 
 def treat_as_global(ctx, eqn, inputs):
-    """Every output reads the whole input (the ``unknown="global"`` escape hatch)."""
-    return ctx.global_outputs(eqn, inputs, warn=False)
-
-
-# ---------------------------------------------------------------------------------------
-# The table.
-# ---------------------------------------------------------------------------------------
-
-_UNARY = """neg sign floor ceil round is_finite exp exp2 log log1p expm1 tanh logistic sin cos tan
-asin acos atan sinh cosh asinh acosh atanh sqrt rsqrt cbrt abs not erf erfc erf_inv lgamma
-digamma real imag conj square integer_pow convert_element_type reduce_precision copy copy_p
-clz population_count bessel_i0e bessel_i1e stop_gradient""".split()
-_NARY = """add add_any sub mul div rem pow max min atan2 and or xor eq ne lt le gt ge
-shift_left shift_right_logical shift_right_arithmetic nextafter igamma igammac complex
-select_n clamp""".split()
-_CALLS = """jit pjit closed_call core_call custom_jvp_call custom_vjp_call custom_vjp_call_jaxpr
-remat remat2 checkpoint""".split()
-_REDUCTIONS = """reduce_sum reduce_max reduce_min reduce_prod reduce_and reduce_or reduce_xor
-argmax argmin reduce""".split()
-_CUMULATIVE = "cumsum cumprod cummax cummin cumlogsumexp".split()
-
-RULES: dict[str, Rule] = {
-    **dict.fromkeys(_UNARY + _NARY, elementwise),
-    **dict.fromkeys(["optimization_barrier", "sharding_constraint"], identity),
-    "conv_general_dilated": conv,
-    **dict.fromkeys(_POOL_OPS, reduce_window),
-    "pad": pad,
-    "slice": slice_,
-    "dynamic_slice": dynamic_slice,
-    "split": split,
-    **dict.fromkeys(_CUMULATIVE, cumulative),
-    "concatenate": concatenate,
-    **dict.fromkeys(_REDUCTIONS, reduction),
-    "transpose": transpose,
-    "squeeze": squeeze,
-    "expand_dims": expand_dims,
-    "broadcast_in_dim": broadcast_in_dim,
-    "reshape": reshape,
-    "dot_general": dot_general,
-    "gather": gather,
-    **dict.fromkeys(_CALLS, call),
-}
-
-_BUILTIN_KINDS = {"elementwise": elementwise, "global": treat_as_global, "identity": identity}
-
-
-def register_rule(name: str, rule: Rule | str) -> None:
-    """Teach :func:`jaxrf.receptive_field` a primitive it does not know.
-
-    Args:
-        name: the primitive's name as it appears in the jaxpr (``eqn.primitive.name``).
-        rule: ``"elementwise"`` (outputs depend on the same positions as the inputs),
-            ``"global"`` (every output reads the whole input), ``"identity"`` (returns its
-            operands), or a callable ``rule(ctx, eqn, inputs) -> outputs`` following the
-            built-in rules of ``jaxrf._rules`` (e.g. ``jaxrf._rules.elementwise``).
-
-    Raises:
-        TypeError: ``rule`` is neither a callable nor one of the strings above.
-
-    Example:
-        >>> import jaxrf
-        >>> jaxrf.register_rule("my_activation", "elementwise")
-    """
-    if isinstance(rule, str):
-        if rule not in _BUILTIN_KINDS:
-            raise TypeError(
-                f"`rule` (={rule!r}) for primitive '{name}' must be a callable or one of "
-                f"{sorted(_BUILTIN_KINDS)}."
-            )
-        rule = _BUILTIN_KINDS[rule]
-    if not callable(rule):
-        raise TypeError(
-            f"`rule` (={rule!r}) for primitive '{name}' must be a callable "
-            "rule(ctx, eqn, inputs) -> outputs or one of " + str(sorted(_BUILTIN_KINDS)) + "."
-        )
-    RULES[name] = rule
+    """Every output reads the whole input (``register_rule(name, "global")``)."""
+    return global_outputs(ctx, eqn, list(inputs))

@@ -40,9 +40,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.extend import core as jcore
 
-from ._jaxpr import bind, interpret
+from ._walk import ROOT, bind, locate, walk
 
 DTYPE = jnp.float32
 
@@ -73,63 +72,11 @@ def _binarize_bwd(_, ct):
 binarize.defvjp(_binarize_fwd, _binarize_bwd)
 
 
-ELEMENTWISE = frozenset(
-    """abs neg sign floor ceil round is_finite exp exp2 log log1p expm1 tanh logistic sin cos tan
-    asin acos atan sinh cosh asinh acosh atanh sqrt rsqrt cbrt square integer_pow pow erf erfc
-    erf_inv lgamma digamma igamma igammac bessel_i0e bessel_i1e add add_any sub mul div rem max
-    min atan2 nextafter eq ne lt le gt ge and or not xor convert_element_type stop_gradient copy
-    copy_p reduce_precision real imag conj select_n clamp population_count clz shift_left
-    shift_right_logical shift_right_arithmetic sharding_constraint""".split()
-)
-# Kept as they are (linear in the data operands); index operands must be constants.
-STRUCTURAL = frozenset(
-    """reshape broadcast_in_dim transpose squeeze expand_dims rev slice reduce_sum
-    reduce_window_sum cumsum concatenate pad dynamic_slice dynamic_update_slice gather split
-    scatter-add scatter_add""".split()
-)
-TO_SUM = frozenset(
-    "reduce_max reduce_min reduce_prod reduce_and reduce_or reduce_xor argmax argmin".split()
-)
-TO_WINDOW_SUM = frozenset("reduce_window_max reduce_window_min reduce_window".split())
-TO_CUMSUM = frozenset("cumprod cummax cummin cumlogsumexp".split())
-TO_SCATTER_ADD = frozenset("scatter scatter_mul scatter_min scatter_max".split())
-BILINEAR = frozenset("conv_general_dilated dot_general".split())
-CONTAINERS = frozenset(
-    "jit pjit closed_call core_call remat remat2 checkpoint custom_jvp_call custom_vjp_call "
-    "custom_vjp_call_jaxpr custom_lin cond".split()
-)
-# Which operands of these primitives are indices (must be constants to keep the structure).
-_INDEX_OPERANDS = {
-    "dynamic_slice": lambda n: range(1, n),
-    "dynamic_update_slice": lambda n: range(2, n),
-    "gather": lambda n: (1,),
-    "scatter-add": lambda n: (1,),
-    "scatter_add": lambda n: (1,),
-}
-
-
 def structural_primitives() -> list[str]:
     """Names of the primitives the structural rewrite has a rule for."""
-    return sorted(
-        ELEMENTWISE
-        | STRUCTURAL
-        | TO_SUM
-        | TO_WINDOW_SUM
-        | TO_CUMSUM
-        | TO_SCATTER_ADD
-        | BILINEAR
-        | CONTAINERS
-        | {"sort"}
-    )
+    from ._registry import REGISTRY
 
-
-def _where(eqn) -> str:
-    try:
-        from jax._src import source_info_util
-
-        return source_info_util.summarize(eqn.source_info)
-    except Exception:  # noqa: BLE001 -- a location is a courtesy, never a failure
-        return "an unknown location"
+    return sorted(n for n, e in REGISTRY.items() if e.structural is not None or e.container)
 
 
 def _shape(var) -> tuple[int, ...]:
@@ -165,6 +112,116 @@ def _pattern(c):
     return nz.astype(np.float32)
 
 
+# ---------------------------------------------------------------------------------------
+# Surrogates: ``surrogate(eqn, vals) -> outputs`` (arrays, before binarisation). ``vals`` hold
+# a :class:`Dep` for each input-dependent operand and the concrete value of each constant one;
+# index operands are already checked to be constants.
+# ---------------------------------------------------------------------------------------
+
+
+def sum_surrogate(eqn, vals):
+    """Elementwise ops: the sum of the input-dependent operands (union of dependences)."""
+    return [_sum_deps(vals, _shape(eqn.outvars[0]))] * len(eqn.outvars)
+
+
+def identity_surrogate(eqn, vals):
+    """Ops returning their operands: each output is its operand's surrogate (0 if constant)."""
+    return [
+        v.value if isinstance(v, Dep) else jnp.zeros(_shape(var), DTYPE)
+        for v, var in zip(vals, eqn.outvars, strict=False)
+    ]
+
+
+def _linear_args(eqn, vals):
+    """Operands of a kept (linear) op: surrogates, zeros for constants, indices as they are."""
+    index_ops = set(index_operands(eqn))
+    return [
+        v
+        if i in index_ops
+        else _as_dtype(v.value)
+        if isinstance(v, Dep)
+        else jnp.zeros(np.shape(v), DTYPE)
+        for i, v in enumerate(vals)
+    ]
+
+
+def keep_surrogate(eqn, vals):
+    """Data movement and linear ops with non-negative coefficients: the op itself."""
+    outs = eqn.primitive.bind(*_linear_args(eqn, vals), **eqn.params)
+    return list(outs) if eqn.primitive.multiple_results else [outs]
+
+
+def scatter_add_surrogate(eqn, vals):
+    """``scatter``/``scatter_{add,mul,min,max}``: every update lands, summed."""
+    args = _linear_args(eqn, vals)
+    p = eqn.params
+    out = lax.scatter_add(
+        args[0],
+        args[1],
+        args[2],
+        p["dimension_numbers"],
+        indices_are_sorted=p["indices_are_sorted"],
+        unique_indices=p["unique_indices"],
+        mode=p["mode"],
+    )
+    return [out]
+
+
+def sum_reduction_surrogate(eqn, vals):
+    """Max/min/prod/arg reductions: the sum over the same axes."""
+    return [jnp.sum(_as_dtype(vals[0].value), axis=tuple(eqn.params["axes"]))]
+
+
+def window_sum_surrogate(eqn, vals):
+    """Max/min/generic pooling: the sum over the same windows."""
+    p = eqn.params
+    operands = (
+        [v for v in vals[: len(vals) // 2] if isinstance(v, Dep)]
+        if eqn.primitive.name == "reduce_window"
+        else [vals[0]]
+    )
+    total = _sum_deps(operands, _shape(eqn.invars[0]))
+    out = lax.reduce_window(
+        total,
+        np.array(0, DTYPE),
+        lax.add,
+        p["window_dimensions"],
+        p["window_strides"],
+        p["padding"],
+        p["base_dilation"],
+        p["window_dilation"],
+    )
+    return [out] * len(eqn.outvars)
+
+
+def cumsum_surrogate(eqn, vals):
+    """Cumulative ops: the cumulative sum along the same axis and direction."""
+    p = eqn.params
+    return [lax.cumsum(_as_dtype(vals[0].value), axis=p["axis"], reverse=p["reverse"])]
+
+
+def sort_surrogate(eqn, vals):
+    """``sort``: every output reads the whole sorted line of every operand."""
+    total = _sum_deps(vals, _shape(eqn.invars[0]))
+    line = jnp.sum(total, axis=eqn.params["dimension"], keepdims=True)
+    return [jnp.broadcast_to(line, _shape(v)) for v in eqn.outvars]
+
+
+def global_surrogate(eqn, vals):
+    """Conservative: every output reads every element of every input-dependent operand."""
+    return [_global(vals, _shape(v)) for v in eqn.outvars]
+
+
+def index_operands(eqn) -> tuple[int, ...]:
+    """Positions of the operands of ``eqn`` that are indices (must be constants)."""
+    from ._registry import REGISTRY
+
+    entry = REGISTRY.get(eqn.primitive.name)
+    if entry is None or entry.index_operands is None:
+        return ()
+    return tuple(entry.index_operands(len(eqn.invars)))
+
+
 class _Rewriter:
     def __init__(self, unknown: str):
         if unknown not in ("raise", "global"):
@@ -184,7 +241,7 @@ class _Rewriter:
         """
         self.planning, self.tape = True, []
         try:
-            (out,) = self.run(closed.jaxpr, closed.consts, [Dep(None)])
+            (out,) = self.run(closed, [Dep(None)])
         finally:
             self.planning = False
         return isinstance(out, Dep)
@@ -192,101 +249,44 @@ class _Rewriter:
     def replay(self, closed, xs):
         """Traced pass: the surrogate, using the concrete patterns recorded by :meth:`plan`."""
         self._replay = iter(self.tape)
-        (out,) = self.run(closed.jaxpr, closed.consts, [Dep(xs)])
+        (out,) = self.run(closed, [Dep(xs)])
         return out.value
 
-    def run(self, jaxpr, consts, args):
-        def rule(eqn, vals):
-            if any(isinstance(v, Dep) for v in vals):
-                return self.rule(eqn, vals)
+    def run(self, program, args, site=ROOT):
+        return walk(program, args, self.visit, descend=_any_dep, site=site)
+
+    def visit(self, eqn, vals, site):
+        if not _any_dep(eqn, vals):
             return bind(eqn, vals)
-
-        return interpret(jaxpr, consts, args, rule)
-
-    def rule(self, eqn, vals):
-        name = eqn.primitive.name
-        params = eqn.params
-        shapes = [_shape(v) for v in eqn.outvars]
-        if name in CONTAINERS:
-            return self.container(eqn, vals)
-        if name in BILINEAR:
+        surrogate = self.surrogate(eqn, site)
+        if surrogate == "bilinear":
             out = self.bilinear(eqn, vals)
             return [Dep(None if out is None else binarize(out))]
-        known = (
-            name in ELEMENTWISE | STRUCTURAL | TO_SCATTER_ADD | TO_SUM | TO_WINDOW_SUM | TO_CUMSUM
-        )
-        if not known and name not in ("cumsum", "sort") and self.unknown != "global":
-            raise TypeError(
-                f"structural mode has no rule for primitive '{name}' (traced from "
-                f"{_where(eqn)}). Supported: {', '.join(structural_primitives())}. Escape hatches: "
-                "unknown='global' (conservative: every output of that operation reads all of its "
-                "inputs), or mode='measured'."
-            )
+        if surrogate == "cond":
+            return self.cond(eqn, vals, site)
+        if any(isinstance(vals[i], Dep) for i in index_operands(eqn)):
+            surrogate = global_surrogate  # data-dependent indexing
         if self.planning:
-            return [Dep(None) for _ in shapes]
-        if name in ELEMENTWISE:
-            outs = [_sum_deps(vals, shapes[0])]
-        elif name in STRUCTURAL or name in TO_SCATTER_ADD:
-            index_ops = set(_INDEX_OPERANDS.get(name, lambda n: ())(len(vals)))
-            if name in TO_SCATTER_ADD:
-                index_ops = {1}
-            if any(isinstance(vals[i], Dep) for i in index_ops):
-                outs = [_global(vals, s) for s in shapes]  # data-dependent indexing
-            else:
-                args = [
-                    v
-                    if i in index_ops
-                    else _as_dtype(v.value)
-                    if isinstance(v, Dep)
-                    else jnp.zeros(np.shape(v), DTYPE)
-                    for i, v in enumerate(vals)
-                ]
-                if name in TO_SCATTER_ADD or name == "scatter_add":
-                    outs = [
-                        lax.scatter_add(
-                            args[0],
-                            args[1],
-                            args[2],
-                            params["dimension_numbers"],
-                            indices_are_sorted=params["indices_are_sorted"],
-                            unique_indices=params["unique_indices"],
-                            mode=params["mode"],
-                        )
-                    ]
-                else:
-                    outs = eqn.primitive.bind(*args, **params)
-                    outs = outs if eqn.primitive.multiple_results else [outs]
-        elif name in TO_SUM:
-            outs = [jnp.sum(_as_dtype(vals[0].value), axis=tuple(params["axes"]))]
-        elif name in TO_WINDOW_SUM:
-            operands = (
-                [v for v in vals[: len(vals) // 2] if isinstance(v, Dep)]
-                if name == "reduce_window"
-                else [vals[0]]
-            )
-            total = _sum_deps(operands, _shape(eqn.invars[0]))
-            out = lax.reduce_window(
-                total,
-                np.array(0, DTYPE),
-                lax.add,
-                params["window_dimensions"],
-                params["window_strides"],
-                params["padding"],
-                params["base_dilation"],
-                params["window_dilation"],
-            )
-            outs = [out] * len(shapes)
-        elif name in TO_CUMSUM or name == "cumsum":
-            outs = [
-                lax.cumsum(_as_dtype(vals[0].value), axis=params["axis"], reverse=params["reverse"])
-            ]
-        elif name == "sort":
-            total = _sum_deps(vals, _shape(eqn.invars[0]))
-            line = jnp.sum(total, axis=params["dimension"], keepdims=True)
-            outs = [jnp.broadcast_to(line, s) for s in shapes]
-        else:  # unknown primitive, unknown="global"
-            outs = [_global(vals, s) for s in shapes]
-        return [Dep(binarize(_as_dtype(o))) for o in outs]
+            return [Dep(None) for _ in eqn.outvars]
+        return [Dep(binarize(_as_dtype(o))) for o in surrogate(eqn, vals)]
+
+    def surrogate(self, eqn, site):
+        """The registry's surrogate for ``eqn``; unknown: an error, or global if asked."""
+        from ._registry import REGISTRY
+
+        name = eqn.primitive.name
+        entry = REGISTRY.get(name)
+        if entry is not None and entry.structural is not None:
+            return entry.structural
+        if self.unknown == "global":
+            return global_surrogate
+        raise TypeError(
+            f"structural mode has no rule for primitive '{name}' (traced from "
+            f"{locate(eqn, site)}). Supported: {', '.join(structural_primitives())}. Escape "
+            "hatches: unknown='global' (conservative: every output of that operation reads all "
+            f"of its inputs), jaxrf.register_rule('{name}', ...) (teaches both modes), or "
+            "mode='measured'."
+        )
 
     def bilinear(self, eqn, vals):
         a, b = vals
@@ -315,36 +315,25 @@ class _Rewriter:
             total = term if total is None else total + term
         return total
 
-    def container(self, eqn, vals):
-        name = eqn.primitive.name
-        params = eqn.params
-        if name == "cond":
-            index, operands = vals[0], vals[1:]
-            branches = params["branches"]
-            if not isinstance(index, Dep):
-                if self.planning:
-                    self.tape.append(int(np.clip(int(np.asarray(index)), 0, len(branches) - 1)))
-                chosen = branches[self.tape[-1] if self.planning else next(self._replay)]
-                return self.run(chosen.jaxpr, chosen.consts, operands)
-            shapes = [_shape(v) for v in eqn.outvars]
-            outs = []
-            results = [self.run(br.jaxpr, br.consts, operands) for br in branches]
-            for k, s in enumerate(shapes):
-                parts = [Dep(r[k].value) if isinstance(r[k], Dep) else None for r in results]
-                parts = [p for p in parts if p is not None] + [index]
-                outs.append(Dep(None if self.planning else binarize(_sum_deps(parts, s))))
-            return outs
-        for key in ("jaxpr", "call_jaxpr", "fun_jaxpr"):
-            if key in params:
-                sub = params[key]
-                break
-        else:
-            raise TypeError(f"container primitive '{name}' has no jaxpr parameter ({_where(eqn)}).")
-        if isinstance(sub, jcore.ClosedJaxpr):
-            outs = self.run(sub.jaxpr, sub.consts, vals)
-        else:
-            outs = self.run(sub, [], vals)
+    def cond(self, eqn, vals, site):
+        """``cond``: the branch a constant index selects; else the sum of all branches."""
+        index, operands = vals[0], vals[1:]
+        branches = eqn.params["branches"]
+        if not isinstance(index, Dep):
+            if self.planning:
+                self.tape.append(int(np.clip(int(np.asarray(index)), 0, len(branches) - 1)))
+            k = self.tape[-1] if self.planning else next(self._replay)
+            return self.run(branches[k], operands, site.inside(eqn, k))
+        results = [self.run(br, operands, site.inside(eqn, k)) for k, br in enumerate(branches)]
+        outs = []
+        for k, var in enumerate(eqn.outvars):
+            parts = [Dep(r[k].value) for r in results if isinstance(r[k], Dep)] + [index]
+            outs.append(Dep(None if self.planning else binarize(_sum_deps(parts, _shape(var)))))
         return outs
+
+
+def _any_dep(eqn, vals, site=None) -> bool:
+    return any(isinstance(v, Dep) for v in vals)
 
 
 _PER_OBJECT: dict[int, dict] = {}
@@ -414,11 +403,18 @@ def structural_pullback(fn: Callable, x, *, unknown: str = "raise") -> Callable:
         bool(getattr(x, "weak_type", False)),
         unknown,
         bool(jax.config.jax_enable_x64),
+        _registry_generation(),
     )
     cache = per_object_cache(fn)
     if key not in cache:
         cache[key] = _build_pullback(fn, x, unknown)
     return cache[key]
+
+
+def _registry_generation() -> int:
+    from ._registry import generation
+
+    return generation()
 
 
 def _build_pullback(fn: Callable, x, unknown: str) -> Callable:

@@ -1,8 +1,9 @@
 """Layer taps: the network truncated at named layers, as one function of the input.
 
 A name in :attr:`ReceptiveField.layers` (or :func:`jaxrf.layer_table`) belongs to one equation
-of the traced program: the walk records, for each layer, the path of equation indices (through
-nested sub-programs such as ``pjit``) whose first output is that layer's feature map.
+of the traced program: each :class:`~jaxrf.LayerRecord` carries its ``source``, the path of
+equation indices (through nested sub-programs such as ``pjit``) and the output of that equation
+which is the layer's feature map.
 :func:`intermediate` re-evaluates the same program and returns those feature maps, so probing
 ``g(x)[k]`` is probing the network cut by hand after layer ``layers[k]``: the same equations on
 the same values. Sub-programs on a tapped path are evaluated inline; everything else is bound as
@@ -16,55 +17,23 @@ from collections.abc import Callable, Sequence
 
 import jax
 
-from ._jaxpr import bind, interpret
-from ._trace import walk_network
-
-_SUBPROGRAM_KEYS = ("jaxpr", "call_jaxpr")
+from ._trace import receptive_field, trace
+from ._walk import bind, sub_program, walk
 
 
-def _subprogram(eqn):
-    for key in _SUBPROGRAM_KEYS:
-        sub = eqn.params.get(key)
-        if sub is not None:
-            return (sub.jaxpr, sub.consts) if hasattr(sub, "consts") else (sub, ())
-    return None
-
-
-def _run(jaxpr, consts, args, targets: dict, found: dict) -> list:
-    """Evaluate ``jaxpr``; ``targets`` maps equation index -> {slot: remaining path}."""
-    by_eqn = {id(jaxpr.eqns[i]): (i, sub) for i, sub in targets.items()}
-
-    def rule(eqn, vals):
-        if id(eqn) not in by_eqn:
-            return bind(eqn, vals)
-        _, wanted = by_eqn[id(eqn)]
-        here = {slot: rest for slot, rest in wanted.items() if not rest}
-        deeper = {slot: rest for slot, rest in wanted.items() if rest}
-        if deeper:
-            sub = _subprogram(eqn)
-            if sub is None:
-                names = ", ".join(str(s) for s in deeper)
-                raise ValueError(
-                    f"layer {names} sits inside primitive '{eqn.primitive.name}', whose "
-                    "sub-program jaxrf cannot evaluate inline (only jit/pjit/closed_call/"
-                    "custom_jvp/custom_vjp/remat bodies can be tapped); tap a layer outside it."
-                )
-            outs = _run(sub[0], sub[1], vals, _group(deeper), found)
-        else:
-            outs = bind(eqn, vals)
-        for slot in here:
-            found[slot] = outs[0]
-        return outs
-
-    return interpret(jaxpr, consts, args, rule)
-
-
-def _group(paths: dict) -> dict:
-    """{slot: path} -> {first index: {slot: rest of path}}."""
-    grouped: dict = {}
-    for slot, path in paths.items():
-        grouped.setdefault(path[0], {})[slot] = path[1:]
-    return grouped
+def _check_inline(closed, name: str, path: tuple[int, ...]) -> None:
+    """Raise if the layer at ``path`` sits inside a sub-program the walker does not enter."""
+    jaxpr = closed.jaxpr
+    for depth in range(0, len(path) - 1, 2):
+        eqn = jaxpr.eqns[path[depth]]
+        sub = sub_program(eqn)
+        if sub is None:
+            raise ValueError(
+                f"layer {name!r} sits inside primitive '{eqn.primitive.name}', whose "
+                "sub-program jaxrf cannot evaluate inline (only jit/pjit/closed_call/"
+                "custom_jvp/custom_vjp/remat bodies can be tapped); tap a layer outside it."
+            )
+        jaxpr = getattr(sub, "jaxpr", sub)
 
 
 def intermediate(
@@ -99,20 +68,35 @@ def intermediate(
         ((1, 6, 6, 1), 9.0)
     """
     names = [layers] if isinstance(layers, str) else list(layers)
-    closed, walker, _, _ = walk_network(fn, x, spatial_axes, unknown, None)
-    missing = [n for n in names if n not in walker.sites]
+    closed = trace(fn, x)
+    rf = receptive_field(closed, spatial_axes=spatial_axes, unknown=unknown)
+    sources = {r.name: r.source for r in rf.layers if r.source is not None}
+    missing = [n for n in names if n not in sources]
     if missing or not names:
         raise ValueError(
             f"`layers` (={names!r}) must name layers of `fn`; "
             f"{'unknown: ' + repr(missing) if missing else 'no name given'}. Its layers are "
-            f"{list(walker.sites)} (see jaxrf.layer_table(jaxrf.receptive_field(fn, x)))."
+            f"{list(sources)} (see jaxrf.layer_table(jaxrf.receptive_field(fn, x)))."
         )
-    targets = _group({k: walker.sites[n] for k, n in enumerate(names)})
+    for n in names:
+        _check_inline(closed, n, sources[n][0])
+    wanted = {sources[n]: k for k, n in enumerate(names)}  # (path, output) -> slot
+    on_path = {sources[n][0][:d] for n in names for d in range(1, len(sources[n][0]), 2)}
 
     def g(inp):
         found: dict = {}
-        flat_in = jax.tree_util.tree_leaves(inp)
-        _run(closed.jaxpr, closed.consts, flat_in, targets, found)
-        return tuple(found[k] for k in range(len(names)))
+
+        def visit(eqn, vals, site):
+            outs = bind(eqn, vals)
+            for out, val in enumerate(outs):
+                if (site.path, out) in wanted:
+                    found[wanted[site.path, out]] = val
+            return outs
+
+        def descend(eqn, vals, site) -> bool:
+            return site.path in on_path
+
+        walk(closed, jax.tree_util.tree_leaves(inp), visit, descend=descend)
+        return tuple(found[wanted[sources[n]]] for n in names)
 
     return g

@@ -4,8 +4,8 @@
 and walks the equations once, in order. Every jaxpr variable is either a constant (weights,
 interpolation matrices built from ``iota``: evaluated only when a rule needs the values) or a
 feature map that depends on the input, with its :class:`~jaxrf._field.FieldState` and a label
-per array axis saying which spatial axis of the input it holds. Each primitive has one rule in
-the table :data:`jaxrf._rules.RULES`.
+per array axis saying which spatial axis of the input it holds. Each primitive's rule is its
+interval rule in the registry (:mod:`jaxrf._registry`); the traversal is :func:`jaxrf._walk.walk`.
 """
 
 from __future__ import annotations
@@ -14,138 +14,48 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 
 import jax
-from jax._src import source_info_util
 from jax.extend import core as jex
 
+from . import _registry
 from ._field import FieldState, GlobalReceptiveFieldWarning, LayerRecord, ReceptiveField
-from ._rules import RULES, Constant, Dependent, Mixing, Rule, Value
+from ._rules import (
+    Constant,
+    Context,
+    Dependent,
+    Mixing,
+    Result,
+    Rule,
+    Value,
+    conv_spatial,
+    global_outputs,
+)
+from ._walk import ROOT, Site, locate, walk
 
-_CALLS = ("jaxpr", "call_jaxpr")
 
+class _Names:
+    """The walk's layer names: the module path from the name stack (Flax linen, Haiku), else
+    ``op<k>``, each given once."""
 
-class _Walker:
-    """Walks one jaxpr (and its sub-jaxprs), holding the per-layer records."""
+    def __init__(self):
+        self.taken: set[str] = set()
 
-    def __init__(self, rules: Mapping[str, Rule], unknown: str, ndim: int):
-        self.rules = rules
-        self.unknown = unknown
-        self.ndim = ndim
-        self.records: list[LayerRecord] = []
-        self._names: set[str] = set()
-        self._prefix: list[str] = []
-        self._path: list[int] = []
-        self.sites: dict[str, tuple[int, ...]] = {}
-
-    # -- naming and records ----------------------------------------------------------
-
-    def layer_name(self, eqn, op: str) -> str:
-        """Module path from the equation's name stack (Flax linen, Haiku), else ``op<k>``."""
+    def __call__(self, eqn, site: Site, op: str) -> str:
         stack = str(eqn.source_info.name_stack)
-        parts = [p for p in self._prefix if p]
+        parts = [p for p in site.prefix if p]
         if stack and not (parts and stack.startswith(parts[-1])):
             parts.append(stack)
         base = "/".join(parts)
         for name in ([base, f"{base}/{op}"] if base else []) + [
-            f"{base}/{op}{k}" if base else f"{op}{k}" for k in range(len(self._names) + 1)
+            f"{base}/{op}{k}" if base else f"{op}{k}" for k in range(len(self.taken) + 1)
         ]:
-            if name not in self._names:
-                self._names.add(name)
+            if name not in self.taken:
+                self.taken.add(name)
                 return name
         raise AssertionError("unreachable: a free name always exists")
 
-    def record(self, state: FieldState, name: str, op: str, windows=None) -> None:
-        self.records.append(state.record(name, op, windows))
-        self.sites[name] = tuple(self._path)  # the equation whose first output is this layer
 
-    # -- walking ---------------------------------------------------------------------
-
-    def walk(self, jaxpr, consts: Sequence[Value], args: Sequence[Value]) -> list[Value]:
-        env: dict = {}
-
-        def read(v):
-            if isinstance(v, jex.Literal):
-                return Constant(lambda val=v.val: val)
-            return env[v]
-
-        env.update(zip(jaxpr.constvars, consts, strict=True))
-        env.update(zip(jaxpr.invars, args, strict=True))
-        for i, eqn in enumerate(jaxpr.eqns):
-            inputs = [read(v) for v in eqn.invars]
-            self._path.append(i)
-            try:
-                if any(isinstance(v, Dependent) for v in inputs):
-                    outputs = self.apply(eqn, inputs)
-                else:
-                    outputs = _lazy(eqn, inputs)
-            finally:
-                self._path.pop()
-            for var, out in zip(eqn.outvars, outputs, strict=True):
-                env[var] = out
-        return [read(v) for v in jaxpr.outvars]
-
-    def walk_call(self, eqn, sub, inputs: Sequence[Value]) -> list[Value]:
-        """Walk a container's sub-jaxpr (a ``ClosedJaxpr`` or an open ``Jaxpr``)."""
-        jaxpr, consts = (sub.jaxpr, sub.consts) if hasattr(sub, "consts") else (sub, ())
-        consts = [Constant(lambda c=c: c) for c in consts]
-        self._prefix.append(str(eqn.source_info.name_stack))
-        try:
-            return self.walk(jaxpr, consts, inputs)
-        finally:
-            self._prefix.pop()
-
-    def apply(self, eqn, inputs: Sequence[Value]) -> list[Value]:
-        name = eqn.primitive.name
-        rule = self.rules.get(name)
-        if rule is None:
-            if self.unknown == "global":
-                return self.global_outputs(eqn, inputs, warn=True)
-            raise TypeError(
-                f"jaxrf has no receptive-field rule for primitive '{name}', traced from "
-                f"{source_info_util.summarize(eqn.source_info)}. Supported primitives: "
-                f"{', '.join(sorted(self.rules))}. Either register a rule with "
-                f"jaxrf.register_rule('{name}', rule) (e.g. rule='elementwise'), or call "
-                "receptive_field(..., unknown='global') to treat it as global (every output "
-                "reads the whole input), with a warning."
-            )
-        try:
-            return list(rule(self, eqn, inputs))
-        except Mixing as why:
-            if self.unknown == "global":
-                return self.global_outputs(eqn, inputs, warn=True, why=str(why))
-            raise TypeError(
-                f"primitive '{name}', traced from {source_info_util.summarize(eqn.source_info)}, "
-                f"mixes spatial axes in a way jaxrf cannot follow: {why}. Call "
-                "receptive_field(..., unknown='global') to treat it as global (every output "
-                f"reads the whole input), or register your own rule for '{name}' with "
-                "jaxrf.register_rule."
-            ) from None
-
-    def global_outputs(self, eqn, inputs, warn: bool, why: str = "") -> list[Value]:
-        """Every output reads the whole input; labels kept where the shape is kept."""
-        deps = [v for v in inputs if isinstance(v, Dependent)]
-        first = deps[0]
-        op = eqn.primitive.name
-        name = self.layer_name(eqn, op)
-        if warn:
-            reason = f" ({why})" if why else " (no rule for it)"
-            warnings.warn(
-                f"primitive '{op}'{reason}, traced from "
-                f"{source_info_util.summarize(eqn.source_info)}, is treated as global: every "
-                "output now depends on the whole input.",
-                GlobalReceptiveFieldWarning,
-                stacklevel=2,
-            )
-        in_shape = tuple(eqn.invars[inputs.index(first)].aval.shape)
-        outs = []
-        for var in eqn.outvars:
-            if tuple(var.aval.shape) == in_shape:
-                state, axes = first.state.make_global(first.state.shape, name), first.axes
-            else:
-                state = first.state.make_global((1,) * self.ndim, name)
-                axes = (None,) * len(var.aval.shape)
-            outs.append(Dependent(state, axes))
-        self.record(outs[0].state, name, op)
-        return outs
+def _constant(value) -> Constant:
+    return Constant(lambda: value)
 
 
 def _lazy(eqn, inputs: Sequence[Value]) -> list[Constant]:
@@ -162,68 +72,128 @@ def _lazy(eqn, inputs: Sequence[Value]) -> list[Constant]:
     return [Constant(lambda k=k: run()[k]) for k in range(len(eqn.outvars))]
 
 
-# ---------------------------------------------------------------------------------------
-# Layout: which axes of the input are spatial.
-# ---------------------------------------------------------------------------------------
-
-_LAYOUT_SAFE = {"convert_element_type", "copy", "copy_p", "reduce_precision", "pad"}
+def _dependent(eqn, vals, site=None) -> bool:
+    return any(isinstance(v, Dependent) for v in vals)
 
 
-def _find_layout(jaxpr, env: dict) -> tuple[int, ...] | list | None:
-    """Spatial axes of the input, read from the first convolution that consumes it.
+class _Analytic:
+    """The analytic walk's per-equation step: rule lookup, escape hatch, and the records."""
 
-    ``env`` maps jaxpr variables to a tuple giving, per array axis, the input axis it holds
-    (or None); it is carried through layout-only operations (transposes, elementwise ops,
-    calls) until a convolution. Returns the spatial axes (a tuple) once found, else the maps of
-    the jaxpr's outputs (a list), for the caller to continue with.
-    """
-    for eqn in jaxpr.eqns:
-        tracked = [
-            (k, env[v])
-            for k, v in enumerate(eqn.invars)
-            if not isinstance(v, jex.Literal) and v in env
-        ]
-        if not tracked:
-            continue
+    def __init__(self, rules: Mapping[str, Rule], unknown: str, ndim: int):
+        self.rules = rules
+        self.unknown = unknown
+        self.ndim = ndim
+        self.names = _Names()
+        self.records: list[LayerRecord] = []
+
+    def run(self, program, args, site: Site = ROOT) -> Result:
+        """Walk ``program`` on ``args``; its outputs and the layers recorded inside it."""
+        start = len(self.records)
+        outs = walk(program, args, self.visit, wrap=_constant, descend=_dependent, site=site)
+        records = tuple(self.records[start:])
+        del self.records[start:]
+        return Result(tuple(outs), records)
+
+    def visit(self, eqn, vals, site: Site) -> list[Value]:
+        if not _dependent(eqn, vals):
+            return _lazy(eqn, vals)
+        ctx = Context(eqn, site, self.ndim, self.names, self.run)
+        result = Result.of(self.apply(ctx, eqn, vals))
+        self.records.extend(result.records)
+        return list(result.outputs)
+
+    def apply(self, ctx: Context, eqn, vals):
         name = eqn.primitive.name
-        k, m = tracked[0]
-        outs = None
-        if name == "conv_general_dilated" and k == 0:
-            spatial = tuple(m[p] for p in eqn.params["dimension_numbers"].lhs_spec[2:])
-            return spatial if None not in spatial else None
-        if name == "transpose":
-            outs = [tuple(m[p] for p in eqn.params["permutation"])]
-        elif name == "broadcast_in_dim" and k == 0:
-            out = [None] * len(eqn.params["shape"])
-            for i, p in enumerate(eqn.params["broadcast_dimensions"]):
-                out[p] = m[i]
-            outs = [tuple(out)]
-        elif name in ("reshape", "squeeze", "expand_dims") and k == 0:
-            kept = [a for a, n in zip(m, eqn.invars[0].aval.shape, strict=True) if n != 1]
-            shape = eqn.outvars[0].aval.shape
-            if [n for n in eqn.invars[0].aval.shape if n != 1] == [n for n in shape if n != 1]:
-                it = iter(kept)
-                outs = [tuple(next(it) if n != 1 else None for n in shape)]
-        elif name in _LAYOUT_SAFE or getattr(RULES.get(name), "__name__", "") == "elementwise":
-            if len(m) == len(eqn.outvars[0].aval.shape):
-                outs = [m] * len(eqn.outvars)
-        elif any(key in eqn.params for key in _CALLS):
-            sub = eqn.params.get("jaxpr", eqn.params.get("call_jaxpr"))
-            sub = getattr(sub, "jaxpr", sub)
-            found = _find_layout(sub, {sub.invars[j]: mj for j, mj in tracked})
-            if isinstance(found, tuple) or found is None:
-                return found
-            outs = found
-        for v, o in zip(eqn.outvars, outs or [], strict=False):
-            if o is not None:
-                env[v] = o
-    return [env.get(v) if not isinstance(v, jex.Literal) else None for v in jaxpr.outvars]
+        rule = self.rules.get(name)
+        if rule is None:
+            if self.unknown == "global":
+                _warn_global(eqn, ctx.site, " (no rule for it)")
+                return global_outputs(ctx, eqn, vals)
+            raise TypeError(
+                f"jaxrf has no receptive-field rule for primitive '{name}', traced from "
+                f"{locate(eqn, ctx.site)}. Supported primitives: "
+                f"{', '.join(_registry.analytic_primitives())}. Either register a rule with "
+                f"jaxrf.register_rule('{name}', rule) (e.g. rule='elementwise'), or call "
+                "receptive_field(..., unknown='global') to treat it as global (every output "
+                "reads the whole input), with a warning."
+            )
+        try:
+            return rule(ctx, eqn, vals)
+        except Mixing as why:
+            if self.unknown == "global":
+                _warn_global(eqn, ctx.site, f" ({why})")
+                return global_outputs(ctx, eqn, vals)
+            raise TypeError(
+                f"primitive '{name}', traced from {locate(eqn, ctx.site)}, mixes spatial axes "
+                f"in a way jaxrf cannot follow: {why}. Call receptive_field(..., "
+                "unknown='global') to treat it as global (every output reads the whole input), "
+                f"or register your own rule for '{name}' with jaxrf.register_rule."
+            ) from None
 
 
-def _spatial_axes(spatial_axes, ndim: int, jaxpr) -> tuple[int, ...]:
+def _warn_global(eqn, site: Site, reason: str) -> None:
+    warnings.warn(
+        f"primitive '{eqn.primitive.name}'{reason}, traced from {locate(eqn, site)}, is "
+        "treated as global: every output now depends on the whole input.",
+        GlobalReceptiveFieldWarning,
+        stacklevel=2,
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Layout: which axes of the input are spatial, from the registry's layout entries.
+# ---------------------------------------------------------------------------------------
+
+
+class _Found(Exception):  # noqa: N818 (control flow: the first convolution ends the search)
+    def __init__(self, spatial):
+        self.spatial = spatial
+
+
+def _layout_step(eqn, maps, site):
+    """Per output, the input axis each array axis holds (None: untracked)."""
+    n_out = len(eqn.outvars)
+    tracked = [(k, m) for k, m in enumerate(maps) if m is not None]
+    entry = _registry.REGISTRY.get(eqn.primitive.name)
+    layout = entry.layout if entry is not None else None
+    if not tracked or layout is None:
+        return [None] * n_out
+    k, m = tracked[0]
+    if layout == "conv":
+        if k != 0:
+            return [None] * n_out
+        spatial = conv_spatial(eqn, m)
+        raise _Found(spatial if all(isinstance(a, int) for a in spatial) else None)
+    if layout == "same":
+        return [m if len(m) == len(eqn.outvars[0].aval.shape) else None] * n_out
+    if k != 0:
+        return [None] * n_out
+    try:
+        return [layout(eqn, m)] + [None] * (n_out - 1)
+    except Mixing:
+        return [None] * n_out
+
+
+def _find_layout(closed, ndim: int):
+    """Spatial axes of the input read from the first convolution that consumes it, or None."""
+    untracked = [None] * len(closed.jaxpr.invars)
+    try:
+        walk(
+            closed,
+            [tuple(range(ndim))] + untracked[1:],
+            _layout_step,
+            wrap=lambda c: None,
+            descend=lambda eqn, maps, site: any(m is not None for m in maps),
+        )
+    except _Found as found:
+        return found.spatial
+    return None
+
+
+def _spatial_axes(spatial_axes, ndim: int, closed) -> tuple[int, ...]:
     if spatial_axes is None:
-        found = _find_layout(jaxpr, {jaxpr.invars[0]: tuple(range(ndim))})
-        if isinstance(found, tuple):
+        found = _find_layout(closed, ndim)
+        if found is not None:
             return found
         if ndim < 3:
             raise ValueError(
@@ -244,8 +214,8 @@ def _spatial_axes(spatial_axes, ndim: int, jaxpr) -> tuple[int, ...]:
 
 
 def receptive_field(
-    fn: Callable,
-    x,
+    fn: Callable | jex.ClosedJaxpr,
+    x=None,
     *,
     spatial_axes: int | Sequence[int] | None = None,
     unknown: str = "raise",
@@ -258,7 +228,9 @@ def receptive_field(
     ``region(index, clip=True)`` is exact for every output index, misaligned graphs included.
 
     Args:
-        fn: a function of one array returning one array, e.g. ``lambda x: model.apply(v, x)``.
+        fn: a function of one array returning one array, e.g. ``lambda x: model.apply(v, x)``;
+            or an already traced program, the ``ClosedJaxpr`` that ``jax.make_jaxpr(fn)(x)``
+            returns (then ``x`` may be omitted: the program carries the shapes).
         x: an example input or a :class:`jax.ShapeDtypeStruct`, shaped (batch, spatial...,
             channels) by default.
         spatial_axes: the spatial axes of ``x``. Default: read from the first convolution that
@@ -276,8 +248,8 @@ def receptive_field(
     Raises:
         TypeError: a primitive jaxrf has no rule for (the message names it, the line of your
             code it came from, and the escape hatches).
-        ValueError: bad ``spatial_axes`` or ``unknown``, or an output that does not depend on
-            the input.
+        ValueError: bad ``x``, ``spatial_axes`` or ``unknown``, or an output that does not
+            depend on the input.
 
     Example:
         >>> import jax, jax.numpy as jnp, jaxrf
@@ -289,41 +261,46 @@ def receptive_field(
         >>> rf = jaxrf.receptive_field(net, jax.ShapeDtypeStruct((1, 8, 8, 1), jnp.float32))
         >>> rf.size, rf.stride, rf.padding, rf.output_shape
         ((5, 5), (1, 1), (0, 0), (4, 4))
-    """
-    _, walker, out, input_shape = walk_network(fn, x, spatial_axes, unknown, rules)
-    return ReceptiveField.from_state(out.state, input_shape, walker.records)
-
-
-def walk_network(fn: Callable, x, spatial_axes, unknown: str, rules) -> tuple:
-    """Trace ``fn`` at ``x`` and walk it: ``(closed jaxpr, walker, output value, spatial shape)``.
-
-    ``walker.records`` are the layer records; ``walker.sites`` maps each record's name to the
-    path of equation indices (through nested sub-programs) whose first output is that layer.
+        >>> closed = jax.make_jaxpr(net)(jnp.zeros((1, 8, 8, 1)))
+        >>> jaxrf.receptive_field(closed).size
+        (5, 5)
     """
     if unknown not in ("raise", "global"):
         raise ValueError(f"`unknown` (={unknown!r}) must be 'raise' or 'global'.")
-    shape = tuple(getattr(x, "shape", ()))
-    if not shape:
-        raise ValueError(
-            f"`x` (={x!r}) must be an array or jax.ShapeDtypeStruct with a shape, e.g. "
-            "jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)."
-        )
-    closed = jax.make_jaxpr(fn)(x)
+    closed = trace(fn, x)
     jaxpr = closed.jaxpr
     if len(jaxpr.invars) != 1 or len(jaxpr.outvars) != 1:
         raise ValueError(
             f"`fn` must map one array to one array; its traced form takes {len(jaxpr.invars)} "
             f"and returns {len(jaxpr.outvars)} arrays. Wrap it: lambda x: fn(x)[0]."
         )
-    axes = _spatial_axes(spatial_axes, len(shape), jaxpr)
+    shape = tuple(jaxpr.invars[0].aval.shape)
+    axes = _spatial_axes(spatial_axes, len(shape), closed)
     input_shape = tuple(shape[a] for a in axes)
-    table = dict(RULES)
-    table.update(rules or {})
-    walker = _Walker(table, unknown, len(axes))
+    table = {**_registry.interval_rules(), **(rules or {})}
+    analytic = _Analytic(table, unknown, len(axes))
     labels = tuple(axes.index(p) if p in axes else None for p in range(len(shape)))
     start = Dependent(FieldState.input(input_shape), labels)
-    consts = [Constant(lambda c=c: c) for c in closed.consts]
-    (out,) = walker.walk(jaxpr, consts, [start])
+    result = analytic.run(closed, [start])
+    (out,) = result.outputs
     if not isinstance(out, Dependent):
         raise ValueError("the output of `fn` does not depend on its input `x`.")
-    return closed, walker, out, input_shape
+    return ReceptiveField.from_state(out.state, input_shape, list(result.records))
+
+
+def trace(fn, x) -> jex.ClosedJaxpr:
+    """The traced program: ``fn`` itself if already traced, else ``jax.make_jaxpr(fn)(x)``."""
+    if isinstance(fn, jex.ClosedJaxpr):
+        if x is not None and tuple(getattr(x, "shape", ())) != tuple(fn.in_avals[0].shape):
+            raise ValueError(
+                f"`x` has shape {tuple(getattr(x, 'shape', ()))} but the traced program takes "
+                f"{tuple(fn.in_avals[0].shape)}; omit `x` when passing a ClosedJaxpr."
+            )
+        return fn
+    shape = tuple(getattr(x, "shape", ()))
+    if not shape:
+        raise ValueError(
+            f"`x` (={x!r}) must be an array or jax.ShapeDtypeStruct with a shape, e.g. "
+            "jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)."
+        )
+    return jax.make_jaxpr(fn)(x)

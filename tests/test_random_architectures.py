@@ -495,11 +495,11 @@ def test_random_architecture_matches_structural_support_slow(net, cross_check):
 def _pad_without_interior(ctx, eqn, inputs):
     """A deliberately wrong ``pad`` rule: interior padding (input dilation) forgotten."""
     from jaxrf._axis import Window
-    from jaxrf._rules import _through
+    from jaxrf._rules import through
 
     operand, _ = inputs
     windows = [Window(1, 1, (int(lo), int(hi))) for lo, hi, _ in eqn.params["padding_config"]]
-    return [_through(ctx, eqn, operand, windows, operand.axes, "pad")]
+    return through(ctx, operand, windows, operand.axes, "pad")
 
 
 def test_harness_detects_a_wrong_rule():

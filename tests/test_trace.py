@@ -14,7 +14,7 @@ import pytest
 from jax import lax
 
 import jaxrf
-from jaxrf import _rules
+from jaxrf import _registry, _rules
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -544,8 +544,9 @@ def test_containers_walked_recursively():
 
 
 def test_pjit_name_accepted():
-    # jax 0.10 calls the wrapper 'jit'; older versions 'pjit': both map to the call rule
-    assert _rules.RULES["pjit"] is _rules.RULES["jit"] is _rules.call
+    # jax 0.10 calls the wrapper 'jit'; older versions 'pjit': both are the same container
+    assert _registry.REGISTRY["pjit"] == _registry.REGISTRY["jit"]
+    assert _registry.REGISTRY["jit"].container == "jaxpr"
 
 
 def test_layer_records_lax():
@@ -595,8 +596,7 @@ def test_unknown_global_hatch():
 
 
 def test_register_rule(monkeypatch):
-    monkeypatch.setattr(_rules, "RULES", dict(_rules.RULES))
-    monkeypatch.setattr(jaxrf._trace, "RULES", _rules.RULES)
+    monkeypatch.setattr(_registry, "REGISTRY", dict(_registry.REGISTRY))
     jaxrf.register_rule("jaxrf_test_mystery", "elementwise")
     rf = jaxrf.receptive_field(_mystery_net, spec(1, 8, 8, 1))
     assert rf.size == (3, 3)
@@ -608,11 +608,11 @@ def test_rules_argument_with_callable():
     def as_3x3_window(ctx, eqn, inputs):  # pretend the primitive is a 3x3 pool, padding 1
         (x,) = inputs
         windows = [jaxrf.Window(3, padding=(1, 1)) if a is not None else None for a in x.axes]
-        return [_rules._through(ctx, eqn, x, windows, x.axes, "mystery_pool")]
+        return _rules.through(ctx, x, windows, x.axes, "mystery_pool")
 
     rf = jaxrf.receptive_field(
         _mystery_net, spec(1, 8, 8, 1), rules={"jaxrf_test_mystery": as_3x3_window}
     )
     # conv 3 (r 3), then the 3-wide window: r = 5, P = 1; shape kept at 6
     assert (rf.size, rf.padding, rf.output_shape) == ((5, 5), (1, 1), (6, 6))
-    assert "jaxrf_test_mystery" not in _rules.RULES
+    assert "jaxrf_test_mystery" not in _registry.REGISTRY
