@@ -79,7 +79,11 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
         count, _, draw, batch, seen = saved["state"].tolist()
     assert 0 < batch < 12 and count == seen == 2 * batch and draw == 0  # interrupted
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # no torn file
-    ns = runpy.run_path(str(script))  # the same network and stream, in this process
+    x64 = jax.config.jax_enable_x64  # the script turns float64 on globally: undo it after
+    try:
+        ns = runpy.run_path(str(script))  # the same network and stream, in this process
+    finally:
+        jax.config.update("jax_enable_x64", x64)
     with jax.enable_x64(True):
         resumed = jaxrf.effective_receptive_field(ns["net"], ns["stream"](), checkpoint=path)
         whole = jaxrf.effective_receptive_field(ns["net"], ns["stream"]())
@@ -93,6 +97,11 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
 
 
 def test_checkpoint_of_weight_draws_resumes_in_the_right_draw(tmp_path):
+    with jax.enable_x64(True):
+        _weight_draws_resume(tmp_path)
+
+
+def _weight_draws_resume(tmp_path):  # runs under float64 (the caller's context)
     # Interrupt "by hand": a stream that fails in draw 1, batch 1; the rerun finishes the job.
     w = jnp.asarray(np.random.default_rng(0).normal(size=(3, 1, 1)), jnp.float64)
     fn = lambda p, x: jnp.tanh(p * jax.lax.conv(x.transpose(0, 2, 1), w.transpose(2, 1, 0),  # noqa: E731
@@ -111,11 +120,10 @@ def test_checkpoint_of_weight_draws_resumes_in_the_right_draw(tmp_path):
                 yield x
 
     kw = dict(init_fn=init_fn, num_draws=2, checkpoint_every=1)
-    with jax.enable_x64(True):
-        with pytest.raises(KeyboardInterrupt):
-            jaxrf.effective_receptive_field(fn, Flaky(), checkpoint=tmp_path / "c.npz", **kw)
-        resumed = jaxrf.effective_receptive_field(fn, Flaky(), checkpoint=tmp_path / "c.npz", **kw)
-        whole = jaxrf.effective_receptive_field(fn, xs, **kw)
+    with pytest.raises(KeyboardInterrupt):
+        jaxrf.effective_receptive_field(fn, Flaky(), checkpoint=tmp_path / "c.npz", **kw)
+    resumed = jaxrf.effective_receptive_field(fn, Flaky(), checkpoint=tmp_path / "c.npz", **kw)
+    whole = jaxrf.effective_receptive_field(fn, xs, **kw)
     assert resumed.count == whole.count == 12
     np.testing.assert_allclose(resumed.map, whole.map, rtol=1e-12, atol=0)
 
