@@ -25,6 +25,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ._axis import format_axes
+from ._gradient import center_index
+
 REPORT_MODEL = "resnet_v1_50"
 REPORT_SIZE = 224
 
@@ -136,7 +139,7 @@ def tap(target, stage: str | None):
 
 def choose_unit(rf) -> tuple[tuple[int, ...], str]:
     """The centre unit, or the corner unit where the centre one's clipped region is the image."""
-    centre = tuple(n // 2 for n in rf.output_shape)
+    centre = center_index(rf.output_shape)
     whole = tuple((0, n - 1) for n in rf.input_shape)
     if rf.region(centre, clip=True) != whole:
         return centre, "centre"
@@ -170,7 +173,7 @@ def _reference_row(target):
     """Whole-network theory at the zoo's reference input against the zoo's expected numbers."""
     import jaxrf
 
-    from .cli import _fmt, _shape, _spec
+    from .cli import _shape, _spec
 
     if target.expected is None or target.zoo_input_shape is None:
         return None
@@ -180,17 +183,17 @@ def _reference_row(target):
     want = (exp.size, exp.stride, exp.padding)
     return (
         f"whole network: size / stride / padding at {_shape(target.zoo_input_shape)}",
-        " / ".join(_fmt(v) for v in got),
-        " / ".join(_fmt(v) for v in want) + f" ({exp.source})",
+        " / ".join(format_axes(v) for v in got),
+        " / ".join(format_axes(v) for v in want) + f" ({exp.source})",
         "match" if got == want else "MISMATCH",
     )
 
 
 def _stage_rows(s: Stage, shape) -> list[tuple[str, str, str, str]]:
-    from .cli import _box, _fmt, _shape
+    from .cli import _box, _shape
 
     label = s.name or f"whole network at {_shape(shape)}"
-    theory = f"{_fmt(s.rf.size)} / {_fmt(s.rf.stride)} / {_fmt(s.rf.padding)}"
+    theory = f"{format_axes(s.rf.size)} / {format_axes(s.rf.stride)} / {format_axes(s.rf.padding)}"
     rows = []
     if s.published is None:
         rows.append((f"{label}: size / stride / padding", theory, "", ""))
@@ -225,8 +228,6 @@ def _print_table(rows) -> bool:
 
 
 def _print_erf(stages: list[Stage], count: int) -> None:
-    from .cli import _fmt
-
     print(
         f"\neffective receptive field of each unit (mean |input gradient| over {count} "
         "image(s); random weights, so not a trained network's ERF):"
@@ -242,7 +243,7 @@ def _print_erf(stages: list[Stage], count: int) -> None:
             (
                 s.name or "(whole)",
                 f"{s.unit} {s.index}",
-                _fmt(s.rf.size),
+                format_axes(s.rf.size),
                 f"{hw[0]}x{hw[1]} ({share:.1f}%)",
                 ", ".join(f"{v:.1f}" for v in s.erf.std()),
                 "-" if luo is None else f"{luo:.1f}",

@@ -24,7 +24,15 @@ from fractions import Fraction
 
 import numpy as np
 
-from ._axis import Number, Window, as_number, compose_window, floor_ceil, row_box
+from ._axis import (
+    Number,
+    Window,
+    as_number,
+    compose_window,
+    floor_ceil,
+    format_axes,
+    row_box,
+)
 
 Index = tuple[int, ...]
 Box = tuple[tuple[int, int], ...]
@@ -101,16 +109,14 @@ class Path:
     def describe(self) -> str:
         if self.is_global:
             return f"'{self.name}' (global: reads the whole input)"
-        fmt = _fmt_tuple
+
+        def fmt(values: Sequence[Fraction]) -> str:
+            return format_axes(values, sep=", ", brackets="()")
+
         return (
             f"'{self.name}' (stride {fmt(self.stride)}, padding {fmt(self.padding)}, "
             f"size {fmt(self.size)})"
         )
-
-
-def _fmt_tuple(values: Sequence[Fraction]) -> str:
-    parts = [str(as_number(v)) for v in values]
-    return parts[0] if len(set(parts)) == 1 else "(" + ", ".join(parts) + ")"
 
 
 def merge_paths(paths: Sequence[Path], name: str) -> tuple[Path, ...]:

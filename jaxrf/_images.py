@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ._axis import format_axes
+
 #: File suffixes taken from a folder (case-insensitive).
 SUFFIXES = (".png", ".jpg", ".jpeg")
 _MODES = {3: "RGB", 1: "L"}
@@ -185,18 +187,14 @@ class ImageStream:
         where = folders[0] if len(folders) == 1 else f"{len(folders)} folders"
         steps = [f"shorter side {self.size}" if isinstance(self.size, int) else None]
         steps += [f"centre crop {self.crop[0]}x{self.crop[1]}" if self.crop else None]
-        steps += [f"mean {_numbers(self.mean)}, std {_numbers(self.std)}"]
+        mean, std = (format_axes([f"{v:g}" for v in a], ", ", "()") for a in (self.mean, self.std))
+        steps += [f"mean {mean}, std {std}"]
         prep = "; ".join(s for s in steps if s)
         return f"{len(self.paths)} image(s) from {where}: {names}{more} ({prep})"
 
     def array(self) -> np.ndarray:
         """All images at once, ``(N, H, W, channels)``."""
         return np.concatenate(list(self))
-
-
-def _numbers(values: np.ndarray) -> str:
-    parts = [f"{v:g}" for v in values]
-    return parts[0] if len(set(parts)) == 1 else "(" + ", ".join(parts) + ")"
 
 
 def load_images(

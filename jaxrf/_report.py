@@ -20,11 +20,12 @@ from fractions import Fraction
 import numpy as np
 
 from . import _stats
-from ._axis import Number, floor_ceil
+from ._axis import Number, floor_ceil, format_axes
 from ._erf import effective_receptive_field
 from ._field import Box, LayerRecord, ReceptiveField, check_index
+from ._gradient import center_index
 from ._probe import actual_receptive_field
-from ._table import _cell, render
+from ._table import render
 from ._trace import receptive_field
 
 THRESHOLDS = (0.2, 0.3, 0.5, 0.99)
@@ -79,7 +80,7 @@ def _float_cell(v) -> str:
     if v is None:
         return "-"
     if isinstance(v, tuple):
-        return _cell(tuple(_float_cell(x) for x in v))
+        return format_axes(tuple(_float_cell(x) for x in v))
     return f"{v:.3g}"
 
 
@@ -117,7 +118,7 @@ class LayerReport:
         """
         rows = []
         for r in self.rows:
-            theory = [_cell(v) for v in (r.size, r.stride, r.padding)]
+            theory = [format_axes(v) for v in (r.size, r.stride, r.padding)]
             if r.is_global:
                 theory = ["global"] * 3
             areas = r.area_ratios or (None,) * len(self.thresholds)
@@ -142,14 +143,7 @@ def unit_region(record: LayerRecord, index, input_shape) -> Box | None:
     if record.size is None:
         return None
     out = []
-    for i, r, S, P, n in zip(
-        index,
-        record.size,
-        record.effective_stride,
-        record.effective_padding,
-        input_shape,
-        strict=True,
-    ):
+    for i, r, S, P, n in _per_axis(record, index, input_shape):
         lo, hi = floor_ceil(Fraction(S) * i - P, Fraction(S) * i - P + r - 1)
         lo, hi = max(lo, 0), min(hi, n - 1)
         if lo > hi:
@@ -164,15 +158,14 @@ def _centre_pixel(record: LayerRecord, index, input_shape) -> tuple[int, ...] | 
         return None
     return tuple(
         min(max(math.floor(Fraction(S) * i - P + Fraction(r - 1, 2)), 0), n - 1)
-        for i, r, S, P, n in zip(
-            index,
-            record.size,
-            record.effective_stride,
-            record.effective_padding,
-            input_shape,
-            strict=True,
-        )
+        for i, r, S, P, n in _per_axis(record, index, input_shape)
     )
+
+
+def _per_axis(record: LayerRecord, index, input_shape):
+    """``(i, r, S, P, n)`` per axis: unit index, size, effective stride and padding, input side."""
+    fields = (record.size, record.effective_stride, record.effective_padding)
+    return zip(index, *fields, input_shape, strict=True)
 
 
 def _erf_stats(erf_map, region, centre, thresholds) -> dict:
@@ -218,7 +211,7 @@ def unit_indices(rf: ReceptiveField, layers: Sequence[str], index=None) -> dict[
     for name, rec in records.items():
         i = index.get(name) if isinstance(index, Mapping) else index
         if i is None:
-            i = tuple(n // 2 for n in rec.output_shape)
+            i = center_index(rec.output_shape)
         out[name] = check_index(i, rec.output_shape, f"index for layer {name!r}")
     return out
 

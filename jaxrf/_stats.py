@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._gradient import center_index
+
 VALUES = ("abs", "positive", "signed")
 LUO_FRACTION = 1 - 0.9545  # Luo et al.: two standard deviations of a Gaussian
 
@@ -77,7 +79,7 @@ def luo_size(
     if reference == "max":
         ref = float(m.max())
     else:
-        center = tuple(n // 2 for n in m.shape) if center is None else tuple(center)
+        center = center_index(m.shape) if center is None else tuple(center)
         if len(center) != m.ndim or not all(
             0 <= c < n for c, n in zip(center, m.shape, strict=True)
         ):
@@ -189,7 +191,7 @@ def area_ratio(
     if m.max() > 0:
         m = m / m.max()
     total = m.sum()
-    center = tuple(n // 2 for n in m.shape) if center is None else tuple(center)
+    center = center_index(m.shape) if center is None else tuple(center)
     ratios, sides, reached = [], [], []
     for t in thresholds:
         if not 0 <= t <= 1:

@@ -29,20 +29,20 @@ class SupportMap:
     Attributes:
         boxes: int numpy array ``(*output_shape, ndim, 2)``: inclusive ``(lo, hi)`` per axis of
             each output position's support; ``-1`` where the support is empty.
+        mode: ``"measured"`` or ``"structural"``.
+        input_shape, output_shape: spatial shapes.
         passes: backward passes used in all (probes + colouring passes + refinements).
         probe_passes: of which single-position probes that measured the support size.
         spacing: output-index spacing per axis between positions sharing a pass.
-        mode: ``"measured"`` or ``"structural"``.
-        input_shape, output_shape: spatial shapes.
     """
 
     boxes: np.ndarray = field(repr=False)
-    passes: int
-    probe_passes: int
-    spacing: tuple[int, ...]
     mode: str
     input_shape: tuple[int, ...]
     output_shape: tuple[int, ...]
+    passes: int
+    probe_passes: int
+    spacing: tuple[int, ...]
     _pass_masks: dict = field(repr=False, compare=False, default_factory=dict)
     _windows: tuple = field(repr=False, compare=False, default=())
 
@@ -261,15 +261,15 @@ def support_map(
         if found is not None:
             boxes, pass_masks = found
             return SupportMap(
-                boxes,
-                done[0],
-                probe_passes,
-                spacing,
-                mode,
-                prober.input_shape,
-                prober.output_shape,
-                pass_masks,
-                windows,
+                boxes=boxes,
+                mode=mode,
+                input_shape=prober.input_shape,
+                output_shape=prober.output_shape,
+                passes=done[0],
+                probe_passes=probe_passes,
+                spacing=spacing,
+                _pass_masks=pass_masks,
+                _windows=windows,
             )
     return _one_pass_per_position(prober, per_call, done, probe_passes)
 
@@ -334,13 +334,13 @@ def _one_pass_per_position(prober: Prober, per_call: int, done: list[int], probe
         if b is not None:
             boxes[index] = b
     return SupportMap(
-        boxes,
-        done[0],
-        probe_passes,
-        tuple(out_shape),
-        prober.mode,
-        in_shape,
-        out_shape,
-        pass_masks,
-        full,
+        boxes=boxes,
+        mode=prober.mode,
+        input_shape=in_shape,
+        output_shape=out_shape,
+        passes=done[0],
+        probe_passes=probe_passes,
+        spacing=tuple(out_shape),
+        _pass_masks=pass_masks,
+        _windows=full,
     )

@@ -12,6 +12,7 @@ import csv
 import io
 from collections.abc import Sequence
 
+from ._axis import format_axes
 from ._diagnostics import resolution_diagnostics
 from ._field import LayerRecord, ReceptiveField
 
@@ -30,27 +31,19 @@ DIAGNOSTIC_COLUMNS = ("min RF", "max RF", "status")
 _FORMATS = ("text", "markdown", "latex", "csv")
 
 
-def _cell(values) -> str:
-    """``(3, 3)`` -> ``3``; ``(7, 5)`` -> ``7x5``; None -> ``-``."""
-    if values is None:
-        return "-"
-    parts = [str(v) for v in values]
-    return parts[0] if len(set(parts)) == 1 and len(parts) > 1 else "x".join(parts)
-
-
 def _row(r: LayerRecord) -> list[str]:
     if r.is_global:
         size = stride = padding = "global"
     else:
         size, stride, padding = (
-            _cell(v) for v in (r.size, r.effective_stride, r.effective_padding)
+            format_axes(v) for v in (r.size, r.effective_stride, r.effective_padding)
         )
     return [
         r.name,
         r.op,
         "x".join(str(n) for n in r.output_shape),
-        _cell(r.kernel),
-        _cell(r.stride),
+        format_axes(r.kernel),
+        format_axes(r.stride),
         size,
         stride,
         padding,
@@ -109,7 +102,7 @@ def layer_table(rf: ReceptiveField, fmt: str = "text", diagnostics: bool = False
         d = resolution_diagnostics(rf)
         columns = COLUMNS + DIAGNOSTIC_COLUMNS
         rows = [
-            row + [_cell(d.min_size[k]), _cell(d.max_size[k]), d.status(k)]
+            row + [format_axes(d.min_size[k]), format_axes(d.max_size[k]), d.status(k)]
             for k, row in enumerate(rows)
         ]
     return render(columns, rows, fmt)

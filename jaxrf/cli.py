@@ -36,6 +36,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ._axis import format_axes
+from ._gradient import center_index
+
 
 @dataclass(frozen=True)
 class Target:
@@ -404,13 +407,6 @@ def _shape(shape) -> str:
     return "x".join(str(n) for n in shape)
 
 
-def _fmt(values) -> str:
-    if values is None:
-        return "-"
-    parts = [str(v) for v in values]
-    return parts[0] if len(set(parts)) == 1 else "x".join(parts)
-
-
 def _box(box) -> str:
     if box is None:
         return "(empty)"
@@ -475,7 +471,7 @@ def _erf(args: argparse.Namespace) -> int:
     rf = jaxrf.receptive_field(target.fn, _spec(shape))
     theory = rf if args.layer is None else layer_theory(rf, args.layer)
     index = (
-        tuple(n // 2 for n in theory.output_shape)
+        center_index(theory.output_shape)
         if args.index is None
         else parse_shape(args.index, "--index")
     )
@@ -494,8 +490,8 @@ def _erf(args: argparse.Namespace) -> int:
         f"ERF over {erf.count} inputs, random weights (seed {args.seed})\n{used}"
     )
     print(
-        f"  theory: size {_fmt(theory.size)}, stride {_fmt(theory.stride)}, "
-        f"padding {_fmt(theory.padding)}, region {_box(theory.region(index))}, "
+        f"  theory: size {format_axes(theory.size)}, stride {format_axes(theory.stride)}, "
+        f"padding {format_axes(theory.padding)}, region {_box(theory.region(index))}, "
         f"clipped {_box(theory.region(index, clip=True))}"
     )
     for name, value in erf_statistics(erf, theory, index):

@@ -26,6 +26,7 @@ from matplotlib.ticker import MaxNLocator
 
 from ._axis import format_axes
 from ._field import LayerRecord, ReceptiveField
+from ._gradient import center_index
 
 __all__ = [
     "alignment_regions",
@@ -60,7 +61,7 @@ def _box_patch(box, **kwargs) -> Rectangle:
 
 def default_index(rf: ReceptiveField) -> tuple[int, ...]:
     """The centre output position, ``n // 2`` per axis (the output probed by Luo et al.)."""
-    return tuple(n // 2 for n in rf.output_shape)
+    return center_index(rf.output_shape)
 
 
 def erf_heatmap(
