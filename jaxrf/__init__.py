@@ -9,6 +9,8 @@ from ._axis import Window as Window
 from ._axis import same_padding as same_padding
 from ._crop import Crop as Crop
 from ._crop import crop_for_unit as crop_for_unit
+from ._diagnostics import Diagnostics as Diagnostics
+from ._diagnostics import resolution_diagnostics as resolution_diagnostics
 from ._erf import EffectiveReceptiveField as EffectiveReceptiveField
 from ._erf import effective_receptive_field as effective_receptive_field
 from ._field import GlobalReceptiveFieldWarning as GlobalReceptiveFieldWarning
@@ -31,6 +33,9 @@ from ._probe import NonFiniteGradientWarning as NonFiniteGradientWarning
 from ._probe import actual_receptive_field as actual_receptive_field
 from ._probe import gradient_map as gradient_map
 from ._prune import prune_to_cone as prune_to_cone
+from ._report import LayerReport as LayerReport
+from ._report import LayerReportRow as LayerReportRow
+from ._report import layer_report as layer_report
 from ._rules import register_rule as register_rule
 from ._stats import AreaRatio as AreaRatio
 from ._stats import LuoSize as LuoSize

@@ -48,7 +48,9 @@ class Path:
     """Affine summary of one path from the input, per axis: ``u = S i - P``, ``v = u + r - 1``.
 
     ``is_global`` marks a path through an operation that reads the whole input (global
-    pooling, attention): its region is the whole input whatever ``i``.
+    pooling, attention): its region is the whole input whatever ``i``. ``min_size`` is the
+    smallest size among the paths that aligned merges collapsed into this one (they share ``S``,
+    so every later layer adds the same amount to each); it defaults to ``size``.
     """
 
     size: tuple[Fraction, ...]
@@ -56,6 +58,11 @@ class Path:
     padding: tuple[Fraction, ...]
     name: str = field(compare=False)  # for messages; two paths are equal by their numbers
     is_global: bool = False
+    min_size: tuple[Fraction, ...] | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self):
+        if self.min_size is None:
+            object.__setattr__(self, "min_size", self.size)
 
     @classmethod
     def identity(cls, ndim: int, name: str = "input") -> Path:
@@ -66,13 +73,16 @@ class Path:
         """After one more layer: ``S' = S s/D``, ``P' = P + S p/D``, ``r' = r + S (k'-1)/D``."""
         if self.is_global:
             return replace(self, name=name)
-        size, stride, padding = [], [], []
-        for r, S, P, w in zip(self.size, self.stride, self.padding, windows, strict=True):
+        size, stride, padding, low = [], [], [], []
+        for r, S, P, w, m in zip(
+            self.size, self.stride, self.padding, windows, self.min_size, strict=True
+        ):
             unit = S / w.input_dilation
             size.append(r + unit * (w.span - 1))
             stride.append(unit * w.stride)
             padding.append(P + unit * w.padding[0])
-        return Path(tuple(size), tuple(stride), tuple(padding), name)
+            low.append(m + unit * (w.span - 1))
+        return Path(tuple(size), tuple(stride), tuple(padding), name, min_size=tuple(low))
 
     @property
     def offset(self) -> tuple[Fraction, ...]:
@@ -124,8 +134,9 @@ def merge_paths(paths: Sequence[Path], name: str) -> tuple[Path, ...]:
             continue
         stride, offset = key
         size = tuple(max(p.size[a] for p in members) for a in range(len(stride)))
+        low = tuple(min(p.min_size[a] for p in members) for a in range(len(stride)))
         padding = tuple((r - 1) / 2 - o for r, o in zip(size, offset, strict=True))
-        merged.append(Path(size, stride, padding, name))
+        merged.append(Path(size, stride, padding, name, min_size=low))
     local = [p for p in merged if not p.is_global]
     if len(local) > 1:
         branches = "; ".join(p.describe() for p in _last_names(paths, local))
@@ -194,6 +205,10 @@ class LayerRecord:
     ``kernel``/``stride`` are the layer's own (per axis, None for merges); ``size``,
     ``effective_stride``, ``effective_padding`` are Distill's ``r``, ``S``, ``P`` of the map
     with respect to the network input (None where misaligned paths make them undefined).
+    ``min_size``/``max_size`` are the smallest and largest ``r`` over all paths from the input
+    (aligned ones included), per axis; ``input_min_size`` is the smallest ``r`` of the map the
+    layer reads (``min_size`` less the layer's growth ``S s^-1 (k' - 1)`` on the shortest path;
+    ``min_size`` for records without a window). All three are None where every path is global.
     """
 
     name: str
@@ -206,6 +221,9 @@ class LayerRecord:
     effective_padding: tuple[Number, ...] | None
     aligned: bool
     is_global: bool = False
+    min_size: tuple[Number, ...] | None = None
+    max_size: tuple[Number, ...] | None = None
+    input_min_size: tuple[Number, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -255,7 +273,24 @@ class FieldState:
             effective_padding=padding,
             aligned=aligned,
             is_global=is_global,
+            **_path_extremes(local, window),
         )
+
+
+def _path_extremes(local: Sequence[Path], window: Sequence[Window] | None) -> dict:
+    """``min_size``, ``max_size`` and ``input_min_size`` of a record (see LayerRecord)."""
+    if not local:
+        return {}
+    axes = range(len(local[0].size))
+    low = tuple(as_number(min(p.min_size[a] for p in local)) for a in axes)
+    high = tuple(as_number(max(p.size[a] for p in local)) for a in axes)
+    before = low
+    if window:
+        before = tuple(
+            as_number(min(p.min_size[a] - p.stride[a] / w.stride * (w.span - 1) for p in local))
+            for a, w in zip(axes, window, strict=True)
+        )
+    return {"min_size": low, "max_size": high, "input_min_size": before}
 
 
 def merge_states(states: Sequence[FieldState], name: str) -> FieldState:
@@ -584,10 +619,14 @@ def pattern_through(
                 paths.append(replace(p, name=name))
                 continue
             size, stride, padding = list(p.size), list(p.stride), list(p.padding)
+            low = list(p.min_size)
             S = stride[axis]
             size[axis] = size[axis] + S * (r_m - 1)
+            low[axis] = low[axis] + S * (r_m - 1)
             stride[axis] = S * s_m
             padding[axis] = padding[axis] + S * p_m
-            paths.append(Path(tuple(size), tuple(stride), tuple(padding), name))
+            paths.append(
+                Path(tuple(size), tuple(stride), tuple(padding), name, min_size=tuple(low))
+            )
         paths = tuple(paths)
     return FieldState(shape, paths, terms)

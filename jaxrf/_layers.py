@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 
 import numpy as np
 
 from ._axis import Window, same_padding
-from ._field import FieldState, LayerRecord, Path, ReceptiveField, merge_states
+from ._field import FieldState, LayerRecord, ReceptiveField, merge_states
 
 PaddingSpec = str | int | Sequence[int | tuple[int, int]]
 _PADDING_STRINGS = ("SAME", "SAME_LOWER", "VALID")
@@ -206,7 +206,7 @@ def broadcast_state(state: FieldState, shape: Sequence[int], name: str) -> Field
             Fraction(0) if n == 1 and m != 1 else S
             for S, n, m in zip(p.stride, state.shape, shape, strict=True)
         )
-        paths.append(Path(p.size, stride, p.padding, p.name))
+        paths.append(replace(p, stride=stride))
     return FieldState(tuple(shape), tuple(paths), terms)
 
 

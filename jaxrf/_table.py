@@ -12,6 +12,7 @@ import csv
 import io
 from collections.abc import Sequence
 
+from ._diagnostics import resolution_diagnostics
 from ._field import LayerRecord, ReceptiveField
 
 COLUMNS = (
@@ -25,6 +26,7 @@ COLUMNS = (
     "effective padding",
     "aligned",
 )
+DIAGNOSTIC_COLUMNS = ("min RF", "max RF", "status")
 _FORMATS = ("text", "markdown", "latex", "csv")
 
 
@@ -68,7 +70,7 @@ def _latex_escape(text: str) -> str:
     return text
 
 
-def layer_table(rf: ReceptiveField, fmt: str = "text") -> str:
+def layer_table(rf: ReceptiveField, fmt: str = "text", diagnostics: bool = False) -> str:
     """The per-layer receptive fields of ``rf`` as a table.
 
     Args:
@@ -76,6 +78,11 @@ def layer_table(rf: ReceptiveField, fmt: str = "text") -> str:
             :func:`jaxrf.from_layers`).
         fmt: ``"text"`` (aligned columns), ``"markdown"``, ``"latex"`` (a ``tabular``) or
             ``"csv"``.
+        diagnostics: add the resolution diagnostics of :func:`jaxrf.resolution_diagnostics`
+            at ``rf.input_shape``: columns ``min RF`` and ``max RF`` (smallest and largest size
+            over paths) and ``status``: ``border`` (the border layer), ``unproductive`` (its
+            input already covers the input), ``covers`` (covers the input, input did not),
+            ``global`` or ``-``.
 
     Returns:
         The table as a string, one row per layer. Per-axis values that agree are shown once
@@ -95,15 +102,35 @@ def layer_table(rf: ReceptiveField, fmt: str = "text") -> str:
         c1,conv,7x7,3,1,3,1,0,yes
         c2,conv,3x3,3,2,5,2,0,yes
     """
+    check_format(fmt)
+    rows = [_row(r) for r in rf.layers]
+    columns = COLUMNS
+    if diagnostics:
+        d = resolution_diagnostics(rf)
+        columns = COLUMNS + DIAGNOSTIC_COLUMNS
+        rows = [
+            row + [_cell(d.min_size[k]), _cell(d.max_size[k]), d.status(k)]
+            for k, row in enumerate(rows)
+        ]
+    return render(columns, rows, fmt)
+
+
+def check_format(fmt: str) -> str:
+    """``fmt`` if it is a known table format, else a ValueError naming the choices."""
     if fmt not in _FORMATS:
         raise ValueError(f"`fmt` (={fmt!r}) must be one of {', '.join(map(repr, _FORMATS))}.")
-    rows = [_row(r) for r in rf.layers]
-    return {"text": _text, "markdown": _markdown, "latex": _latex, "csv": _csv}[fmt](rows)
+    return fmt
 
 
-def _text(rows: Sequence[list[str]]) -> str:
-    table = [list(COLUMNS), *rows]
-    widths = [max(len(r[c]) for r in table) for c in range(len(COLUMNS))]
+def render(columns: Sequence[str], rows: Sequence[list[str]], fmt: str) -> str:
+    """Rows of string cells under ``columns`` as ``text``, ``markdown``, ``latex`` or ``csv``."""
+    writer = {"text": _text, "markdown": _markdown, "latex": _latex, "csv": _csv}[check_format(fmt)]
+    return writer(list(columns), rows)
+
+
+def _text(columns: list[str], rows: Sequence[list[str]]) -> str:
+    table = [columns, *rows]
+    widths = [max(len(r[c]) for r in table) for c in range(len(columns))]
     lines = [
         "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in table
     ]
@@ -111,17 +138,17 @@ def _text(rows: Sequence[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _markdown(rows: Sequence[list[str]]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+def _markdown(columns: list[str], rows: Sequence[list[str]]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(c.replace("|", r"\|") for c in r) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
-def _latex(rows: Sequence[list[str]]) -> str:
+def _latex(columns: list[str], rows: Sequence[list[str]]) -> str:
     lines = [
-        r"\begin{tabular}{ll" + "r" * (len(COLUMNS) - 2) + "}",
+        r"\begin{tabular}{ll" + "r" * (len(columns) - 2) + "}",
         r"\hline",
-        " & ".join(COLUMNS) + r" \\",
+        " & ".join(_latex_escape(c) for c in columns) + r" \\",
         r"\hline",
     ]
     lines += [" & ".join(_latex_escape(c) for c in r) + r" \\" for r in rows]
@@ -129,9 +156,9 @@ def _latex(rows: Sequence[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _csv(rows: Sequence[list[str]]) -> str:
+def _csv(columns: list[str], rows: Sequence[list[str]]) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(COLUMNS)
+    writer.writerow(columns)
     writer.writerows(rows)
     return out.getvalue()

@@ -91,3 +91,33 @@ def test_global_and_merge_rows_from_a_trace():
 def test_bad_format():
     with pytest.raises(ValueError, match=r"`fmt` \(='html'\) must be one of 'text', 'markdown'"):
         jaxrf.layer_table(jaxrf.from_layers(LAYERS, (10, 10)), "html")
+
+
+def test_diagnostic_columns():
+    # residual block (tests/test_diagnostics.py derives these): at 5x5 the border is a, b is
+    # unproductive, post covers; the add keeps r 7 for its region, r_min 3 through the shortcut
+    layers = [
+        jaxrf.Layer(3, padding=1, name="stem"),
+        jaxrf.Parallel(
+            [
+                [jaxrf.Layer(3, padding=1, name="a"), jaxrf.Layer(3, padding=1, name="b")],
+                [jaxrf.Layer(1, name="s")],
+            ],
+            name="add",
+        ),
+        jaxrf.Layer(3, padding=1, name="post"),
+    ]
+    table = jaxrf.layer_table(jaxrf.from_layers(layers, (5, 5)), "csv", diagnostics=True)
+    assert table.splitlines() == [
+        "name,op,output shape,kernel,stride,RF size,effective stride,effective padding,aligned,"
+        "min RF,max RF,status",
+        "stem,conv,5x5,3,1,3,1,1,yes,3,3,-",
+        "a,conv,5x5,3,1,5,1,2,yes,5,5,border",
+        "b,conv,5x5,3,1,7,1,3,yes,7,7,unproductive",
+        "s,conv,5x5,1,1,3,1,1,yes,3,3,-",
+        "add,add,5x5,-,-,7,1,3,yes,3,7,-",
+        "post,conv,5x5,3,1,9,1,4,yes,5,9,covers",
+    ]
+    latex = jaxrf.layer_table(jaxrf.from_layers(layers, (5, 5)), "latex", diagnostics=True)
+    assert latex.splitlines()[0] == r"\begin{tabular}{ll" + "r" * 10 + "}"
+    assert latex.splitlines()[4] == r"stem & conv & 5x5 & 3 & 1 & 3 & 1 & 1 & yes & 3 & 3 & - \\"
