@@ -161,6 +161,11 @@ def _box(box) -> str:
     return "empty" if box is None else " x ".join(f"[{lo}, {hi}]" for lo, hi in box)
 
 
+def _mean_std(row) -> float:
+    """The ERF's std averaged over the two axes."""
+    return (float(row["erf_std_y"]) + float(row["erf_std_x"])) / 2
+
+
 def add_slopes(rows: list[dict]) -> None:
     """Per network: log-log slopes of RF size, clipped side and Luo size against depth."""
     for name in dict.fromkeys(r["network"] for r in rows):
@@ -169,6 +174,7 @@ def add_slopes(rows: list[dict]) -> None:
         rf = _luo.fit_slope(depth, [float(r["rf_size"]) for r in rs])[0]
         clipped = _luo.fit_slope(depth, [float(r["clipped_side"]) for r in rs])[0]
         erf = _luo.fit_slope(depth, [float(r["luo_size"]) for r in rs])[0]
+        std = _luo.fit_slope(depth, [_mean_std(r) for r in rs])[0]
         inside = [r for r in rs if not r["whole_image"]]
         erf_in = float("nan")
         if len({r["depth"] for r in inside}) > 1:
@@ -179,6 +185,7 @@ def add_slopes(rows: list[dict]) -> None:
             r["slope_rf"] = round(rf, 3)
             r["slope_clipped_rf"] = round(clipped, 3)
             r["slope_erf"] = round(erf, 3)
+            r["slope_erf_std"] = round(std, 3)
             r["slope_erf_rf_inside_image"] = round(erf_in, 3)
             r["layers_rf_inside_image"] = len(inside)
 
@@ -190,7 +197,8 @@ def finding(rows: list[dict]) -> str:
         r = next(x for x in rows if x["network"] == name)
         last = [x for x in rows if x["network"] == name][-1]
         parts.append(
-            f"{name}: RF {r['slope_rf']}, ERF (Luo size) {r['slope_erf']} "
+            f"{name}: RF {r['slope_rf']}, ERF Luo size {r['slope_erf']}, ERF std "
+            f"{r['slope_erf_std']} "
             f"({r['slope_erf_rf_inside_image']} over the {r['layers_rf_inside_image']} layers "
             f"whose RF fits in the image); last layer RF {last['rf_size']}, ERF "
             f"{float(last['luo_size']):.0f} px, {float(last['erf_share_in_rf']):.0%} inside"
@@ -264,7 +272,8 @@ def write_tables(meta: dict, rows: list[dict], stem) -> None:
         r = next(x for x in rows if x["network"] == name)
         md.append(
             f"- {name}: RF size {r['slope_rf']}, clipped RF side {r['slope_clipped_rf']}, "
-            f"ERF Luo size {r['slope_erf']} (over the {r['layers_rf_inside_image']} layers "
+            f"ERF Luo size {r['slope_erf']}, ERF std {r['slope_erf_std']} (Luo size over the "
+            f"{r['layers_rf_inside_image']} layers "
             f"whose RF fits in the image: {r['slope_erf_rf_inside_image']})"
         )
     stem.with_suffix(".md").write_text("\n".join(md) + "\n")
@@ -289,12 +298,12 @@ def write_tables(meta: dict, rows: list[dict], stem) -> None:
 
 def _plain_ticks(ax, depths, sizes) -> None:
     """Powers of two as plain-number ticks on both log axes, no minor labels."""
-    from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator, ScalarFormatter
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
 
     for axis, values in ((ax.xaxis, depths), (ax.yaxis, sizes)):
-        top = int(np.ceil(np.log2(max(values))))
-        axis.set_major_locator(FixedLocator([2.0**k for k in range(top + 1)]))
-        axis.set_major_formatter(ScalarFormatter())
+        low, top = (int(f(np.log2(g(values)))) for f, g in ((np.floor, min), (np.ceil, max)))
+        axis.set_major_locator(FixedLocator([2.0**k for k in range(low, top + 1)]))
+        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         axis.set_minor_locator(NullLocator())
         axis.set_minor_formatter(NullFormatter())
 
@@ -307,14 +316,21 @@ def plot(rows: list[dict], meta: dict, out) -> None:
     for ax, name in zip(axes, nets, strict=True):
         rs = [r for r in rows if r["network"] == name]
         d = np.array([int(r["depth"]) for r in rs], float)
-        series = (  # key, slope column, label, colour, marker style
-            ("rf_size", "slope_rf", "theoretical RF size r", "C0", dict(mfc="none", ms=8)),
-            ("clipped_side", "slope_clipped_rf", "clipped RF side", "C2", dict(ms=7)),
-            ("luo_size", "slope_erf", "ERF (Luo size)", "C3", dict(ms=4)),
+        series = (  # value, label, colour, marker, marker style
+            (
+                lambda r: float(r["rf_size"]),
+                "theoretical RF size r",
+                "C0",
+                "o",
+                dict(mfc="none", ms=8),
+            ),
+            (lambda r: float(r["clipped_side"]), "clipped RF side", "C2", "x", dict(ms=7)),
+            (lambda r: float(r["luo_size"]), "ERF Luo size", "C3", "s", dict(ms=4)),
+            (_mean_std, "ERF std (mean of axes)", "C1", "d", dict(ms=4)),
         )
         grid = np.geomspace(d.min(), d.max(), 50)
-        for (key, _, label, colour, style), marker in zip(series, "oxs", strict=True):
-            y = np.array([float(r[key]) for r in rs])
+        for value, label, colour, marker, style in series:
+            y = np.array([value(r) for r in rs])
             slope, intercept = _luo.fit_slope(d, y)
             ax.plot(d, y, marker, color=colour, label=f"{label}: fitted slope {slope:.2f}", **style)
             ax.plot(grid, np.exp(intercept) * grid**slope, "-", color=colour, lw=0.8, alpha=0.7)
@@ -332,17 +348,18 @@ def plot(rows: list[dict], meta: dict, out) -> None:
         side = int(rs[0]["input"].split("x")[0])
         ax.axhline(side, color="0.3", lw=0.6)
         ax.text(
-            d.max(),
+            d.min(),
             side * 1.04,
             f"image side {side} px",
             fontsize=7,
             color="0.3",
-            ha="right",
+            ha="left",
             va="bottom",
         )
         ax.set_xscale("log")
         ax.set_yscale("log")
-        _plain_ticks(ax, d, [float(r[k]) for r in rs for k in ("rf_size", "luo_size")] + [side])
+        sizes = [float(r[k]) for r in rs for k in ("rf_size", "luo_size")] + [side]
+        _plain_ticks(ax, d, sizes + [_mean_std(r) for r in rs])
         ax.set_xlabel("depth (convolutions on the longest path)")
         ax.set_ylabel("size (px)")
         ax.set_title(f"{name}, centre unit of each layer", fontsize=9)
