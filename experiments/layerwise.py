@@ -19,7 +19,8 @@ Luo et al.'s Fig. 3 plots ERF size against depth on log-log axes for uniform sta
 the number of convolutions on the longest path up to the layer (ResNet: 1 for the stem and the
 max-pool, 1 + 3k after block k; VGG: the convolutions so far), and least-squares slopes of
 log size against log depth are fitted over every reported layer, for the theoretical RF size
-``r``, the side of the clipped region (sqrt of its pixel count) and the Luo size. Strides make
+``r``, the side of the clipped region (sqrt of its pixel count), the Luo size and the ERF's std
+(mean of the two axes). Strides make
 ``r`` grow faster than depth (each 3x3 convolution adds ``2 S``), and at 224 the deep layers'
 RFs exceed the image, so the clipped sizes saturate at 224: the CSV also gives the ERF slope
 over the layers whose clipped region is smaller than the image.
