@@ -197,7 +197,20 @@ def _summaries() -> dict:
             f"RF {r['size']} / {r['stride']} / {r['padding']}"
         )
 
+    def erf_trained_vs_random(rows):
+        return _script_finding("erf_trained_vs_random", rows)
+
+    def layerwise(rows):
+        return _script_finding("layerwise", rows)
+
     return {k: v for k, v in locals().items() if callable(v)}
+
+
+def _script_finding(stem: str, rows) -> str:
+    """The finding written by the script itself (its ``finding(rows)``)."""
+    import importlib
+
+    return importlib.import_module(stem).finding(rows)
 
 
 def _notes(meta: dict[str, str]) -> list[str]:

@@ -27,6 +27,8 @@ SCRIPTS = (
     "zoo_theory_vs_measured",
     "replknet_area_ratio",
     "erf_training",
+    "erf_trained_vs_random",
+    "layerwise",
 )
 
 

@@ -195,3 +195,39 @@ def test_erf_training_quick(tmp_path):
     assert all(0 < float(r["erf_std"]) <= 4 for r in rows)
     # Luo et al. (Sec. 5): the ERF grows with training, towards the wider target (std ~5).
     assert rows[-1]["grew"] == "True"
+
+
+@pytest.mark.slow
+def test_layerwise_quick(tmp_path):
+    out = _run("layerwise", tmp_path, "--quick")
+    assert "random weights" in out
+    meta, rows = _read(tmp_path / "layerwise.csv")
+    assert "NOT ImageNet-trained" in meta["note1"] and "grace_hopper.jpg" in meta["note2"]
+    # Araujo et al. (Distill 2019) / torchvision layout at 64x64, centre unit n // 2 of each map:
+    # conv1 7/2/3 (32x32 map, unit 16): [32 - 3, 32 + 3]; maxpool 11/4/5 (unit 8): [27, 37];
+    # block 1 19/4/9: [23, 41]; block 2 27/4/13: [19, 45]. VGG-16: conv1_1 3/1/1 (unit 32):
+    # [31, 33]; conv1_2 5/1/2: [30, 34]; pool1 6/2/2 (unit 16): [30, 35]; conv2_1 10/2/4:
+    # [28, 37]. Depth: convolutions on the longest path (a bottleneck block adds 3).
+    expected = {
+        ("resnet50_torchvision", "conv1"): ("7", "2", "3", 29, 35, 1),
+        ("resnet50_torchvision", "maxpool"): ("11", "4", "5", 27, 37, 1),
+        ("resnet50_torchvision", "layer1.0"): ("19", "4", "9", 23, 41, 4),
+        ("resnet50_torchvision", "layer1.1"): ("27", "4", "13", 19, 45, 7),
+        ("vgg_16", "conv1_1"): ("3", "1", "1", 31, 33, 1),
+        ("vgg_16", "conv1_2"): ("5", "1", "2", 30, 34, 2),
+        ("vgg_16", "pool1"): ("6", "2", "2", 30, 35, 2),
+        ("vgg_16", "conv2_1"): ("10", "2", "4", 28, 37, 3),
+    }
+    got = {(r["network"], r["layer"]): r for r in rows}
+    assert list(got) == list(expected)
+    for key, (size, stride, padding, lo, hi, depth) in expected.items():
+        r = got[key]
+        assert (r["rf_size"], r["rf_stride"], r["rf_padding"]) == (size, stride, padding), key
+        assert r["clipped_region"] == f"[{lo}, {hi}] x [{lo}, {hi}]", key
+        assert r["depth"] == str(depth) and r["structural_equals_clipped"] == "True", key
+        # The gradient is zero outside the structural support (= the region), so at most the
+        # region's pixels pass Luo's threshold, and all the ERF's mass lies inside.
+        assert 0 < float(r["luo_size"]) <= hi - lo + 1, key
+        assert float(r["erf_share_in_rf"]) == pytest.approx(1.0), key
+    for stem in ("md", "tex", "png"):
+        assert (tmp_path / f"layerwise.{stem}").stat().st_size > 0
