@@ -643,7 +643,7 @@ def effective_receptive_field(
     """
     o = _validate(locals())
     if fold:
-        o["fn"] = fn = fold_convs(fn)
+        o["fn"] = fn = _folded(fn)
     if crop is not None:
         run = _cone_erf if isinstance(crop, str) else _cropped_erf
         return run(fn, inputs, index, crop, **{k: o[k] for k in _PASSED_ON})
@@ -762,6 +762,20 @@ def _cone_erf(fn, inputs, index, crop, **kwargs) -> EffectiveReceptiveField:
             "crop= or return the feature map."
         )
     target = _output_index(index, tuple(out.shape[1:-1]), None)
-    pruned = prune_to_cone(fn, spec, (None, *target, None))
+    pruned = _pruned(fn, spec.shape, spec.dtype, target)
     erf = effective_receptive_field(pruned, inputs, (0,) * len(target), **kwargs)
     return replace(erf, index=target, output_shape=tuple(out.shape[1:-1]))
+
+
+# The derived networks are kept (a few at a time) so that probing the same network again reuses
+# its compiled step instead of tracing and compiling a new function.
+
+
+@functools.lru_cache(maxsize=8)
+def _folded(fn):
+    return fold_convs(fn)
+
+
+@functools.lru_cache(maxsize=8)
+def _pruned(fn, shape, dtype, target):
+    return prune_to_cone(fn, jax.ShapeDtypeStruct(shape, dtype), (None, *target, None))
