@@ -59,7 +59,7 @@ Adding a primitive is one entry in :data:`REGISTRY` (below) or one
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from . import _lowering as L
 from . import _prune as P
@@ -224,7 +224,7 @@ def _entry_for(name: str, rule, structural) -> Entry:
             f"`structural` (={structural!r}) for primitive '{name}' must be a callable "
             f"surrogate(eqn, vals) -> outputs or one of {sorted(_SURROGATES)}."
         )
-    return Entry(entry.interval, structural, entry.layout)
+    return replace(entry, structural=structural)
 
 
 def register_rule(name: str, rule: Callable | str, *, structural: Callable | str | None = None):
