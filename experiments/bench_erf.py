@@ -48,13 +48,14 @@ def pruned_relu(net, n, dtype=jnp.float32):
 def _variants(net, n, quick):
     """jaxrf's ways of computing the centre ERF: name -> fn(xs) of the summed map."""
     relu = relu_of(net)
-    folded = jaxrf.fold_convs(relu)
-    pruned, _ = pruned_relu(jaxrf.fold_convs(net), n)
     return {
         "jaxrf ERF, lowering='auto'": lambda xs: jaxrf_erf(relu, xs, 8),
         "jaxrf ERF, lowering='none'": lambda xs: jaxrf_erf(relu, xs, 8, lowering="none"),
-        "jaxrf ERF, folded": lambda xs: jaxrf_erf(folded, xs, 8),
-        "jaxrf ERF, folded + cone-pruned": lambda xs: jaxrf_erf(pruned, xs, 8, index=(0, 0)),
+        "jaxrf ERF, folded": lambda xs: jaxrf_erf(relu, xs, 8, fold=True),
+        "jaxrf ERF, cone-pruned": lambda xs: jaxrf_erf(relu, xs, 8, crop="cone"),
+        "jaxrf ERF, folded + cone-pruned": lambda xs: jaxrf_erf(
+            relu, xs, 8, fold=True, crop="cone"
+        ),
     }
 
 
@@ -177,15 +178,18 @@ def section_crop1024(quick: bool):
     )
     xs = jax.random.normal(jax.random.key(3), (batch, n, n, 3), jnp.float32)
     relu = relu_of(net)
-    pruned, p = pruned_relu(jaxrf.fold_convs(net), n)
+    _, p = pruned_relu(net, n)  # for its input box only
     xc = crop.take(xs)
 
     def run_crop():
         m = jaxrf_erf(relu, xc, batch, index=crop.index)
         return crop.paste(m[None, :, :, None])[0, :, :, 0]
 
+    def run_cone():
+        return jaxrf_erf(relu, xs, batch, index=index, crop="cone")
+
     def run_pruned():
-        return jaxrf_erf(pruned, xs, batch, index=(0, 0))
+        return jaxrf_erf(relu, xs, batch, index=index, fold=True, crop="cone")
 
     a, b = np.asarray(run_crop()), np.asarray(run_pruned())
     row(
@@ -196,6 +200,15 @@ def section_crop1024(quick: bool):
         "",
         "float32",
     )
+    c = np.asarray(run_cone())  # compiles, as the two above did
+    row(
+        "crop1024",
+        item,
+        "cone-pruned (no fold) vs crop map, max rel. difference",
+        np.abs(a - c).max() / np.abs(a).max(),
+        "",
+        "float32",
+    )
     row("crop1024", item, "pruned input box", str(p.input_box[1:3]), "px")
     xt = torch.from_numpy(np.asarray(jnp.transpose(xs, (0, 3, 1, 2))).copy())
     n_torch = 2
@@ -203,6 +216,7 @@ def section_crop1024(quick: bool):
         {
             "torch loop": lambda: torch_erf_loop(tmodel, xt[:n_torch]),
             "crop": run_crop,
+            "cone-pruned": run_cone,
             "folded + cone-pruned": run_pruned,
         },
         r,
@@ -216,7 +230,7 @@ def section_crop1024(quick: bool):
         "images/s",
         spread(torch_ips),
     )
-    for k in ("crop", "folded + cone-pruned"):
+    for k in ("crop", "cone-pruned", "folded + cone-pruned"):
         v = [batch / s for s in t[k]]
         row(
             "crop1024",
@@ -287,7 +301,7 @@ def memory_child(kind: str, size: int, quick: bool) -> None:
             crop = jaxrf.crop_for_unit(rf, centre(rf.output_shape))
             jaxrf_erf(relu_of(net), crop.take(xs), batch, index=crop.index)
         else:
-            jaxrf_erf(pruned_relu(jaxrf.fold_convs(net), size)[0], xs, batch, index=(0, 0))
+            jaxrf_erf(relu_of(net), xs, batch, fold=True, crop="cone")
     peak = peak_rss()
     print("PEAK_RSS_KIB", peak, base, flush=True)
 

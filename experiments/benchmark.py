@@ -9,10 +9,11 @@ Sections (``--sections name,name``; default all):
 
 support    all-positions support map of Luo's ReLU stack at 256x256: ``jaxrf.support_map`` vs one
            backward pass per position (naive wall time EXTRAPOLATED from 256 timed positions).
-erf224     ResNet-50 ERF at 224 (RepLKNet protocol), jaxrf (lowering auto/none, constant-folded,
-           folded + cone-pruned) vs the better of two PyTorch scripts (per-image loop; batches of
+erf224     ResNet-50 ERF at 224 (RepLKNet protocol), jaxrf (lowering auto/none, fold=True,
+           crop="cone", both) vs the better of two PyTorch scripts (per-image loop; batches of
            8 with one backward) on the identical network, and as a fraction of matmul FLOP/s.
-crop1024   ResNet-50 centre unit at 1024: input crop and cone pruning vs the PyTorch loop.
+crop1024   ResNet-50 centre unit at 1024: input crop, crop="cone" (with and without fold=True)
+           vs the PyTorch loop.
 flops      XLA cost analysis of the ERF step at 224 and 1024: plain, folded, crop, pruned.
 kernels    the 3x3 64-channel convolutions at 56x56 in several formulations (bench_kernels).
 memory     peak RSS of one ERF batch at 224 (b8) and 1024 (b4; full, crop, pruned) and of the

@@ -46,6 +46,7 @@ from jax.sharding import PartitionSpec as P
 from . import _checkpoint, _stats
 from ._checkpoint import Progress
 from ._field import check_index
+from ._fold import fold_convs
 from ._gradient import (
     Layout,
     NonFiniteGradientError,
@@ -62,6 +63,7 @@ from ._gradient import (
     tapped,
 )
 from ._lowering import lower_convs, resolve_lowering
+from ._prune import prune_to_cone
 
 
 @dataclass(frozen=True)
@@ -303,6 +305,13 @@ def _validate(o: dict) -> dict:
         raise TypeError(f"`checkpoint` (={o['checkpoint']!r}) must be a file path or None.")
     _check_inputs(o["inputs"], o["num_draws"])
     o["layers"], o["as_dict"] = _check_layers(o["layer"])
+    if isinstance(o["crop"], str) and o["crop"] != "cone":
+        raise ValueError(
+            f"`crop` (={o['crop']!r}) must be None, a jaxrf.Crop from jaxrf.crop_for_unit, or "
+            "'cone' (every layer pruned to the unit's cone)."
+        )
+    if not isinstance(o["fold"], bool):
+        raise TypeError(f"`fold` (={o['fold']!r}) must be True or False.")
     if o["crop"] is not None and o["layers"] is not None:
         raise ValueError(
             f"`crop` with `layer` (={o['layer']!r}) is not supported: the crop is made for the "
@@ -530,6 +539,7 @@ def effective_receptive_field(
     progress: bool | None = None,
     nonfinite: str = "raise",
     crop=None,
+    fold: bool = False,
     lowering: str = "auto",
     layer: str | list[str] | None = None,
     checkpoint: str | os.PathLike | None = None,
@@ -583,6 +593,17 @@ def effective_receptive_field(
             crop keeps every layer's grid and SAME padding); ``index`` must then be the crop's
             ``output_index`` (or ``"center"`` when that is the crop's unit). Inputs must use the
             default layout (spatial axes between batch and channels). Not with ``layer``.
+            ``"cone"``: every layer computes only the part of its output inside the unit's
+            cone (:func:`jaxrf.prune_to_cone`; the input crop generalised to every
+            intermediate map), on the full-size inputs; the same map as without it (calls
+            and custom derivative rules are inlined first, so ``relu``'s derivative at an
+            input of exactly 0 is 1/2 there instead of 0). Needs fixed weights (no
+            ``init_fn``) and ``fn(x)`` in the input's layout (batch, *spatial, channels).
+        fold: evaluate ``fn`` through :func:`jaxrf.fold_convs`: every convolution followed by
+            per-channel affine constants (inference batch norm, LayerScale, fixed scales)
+            becomes one convolution with folded weights and bias; the same function to float
+            rounding. Only constants fold: with ``init_fn`` the weights are inputs and nothing
+            folds.
         layer: measure a unit of an intermediate layer's output instead of the network's: a
             name from ``jaxrf.receptive_field(fn, x).layers`` (or :func:`jaxrf.layer_table`), or
             a list of names. ``index`` (a tuple, or ``"center"``: each layer's own centre) is
@@ -621,8 +642,11 @@ def effective_receptive_field(
         (array([0., 1., 2., 3., 2., 1., 0.]), 4)
     """
     o = _validate(locals())
+    if fold:
+        o["fn"] = fn = _folded(fn)
     if crop is not None:
-        return _cropped_erf(fn, inputs, index, crop, **{k: o[k] for k in _PASSED_ON})
+        run = _cone_erf if isinstance(crop, str) else _cropped_erf
+        return run(fn, inputs, index, crop, **{k: o[k] for k in _PASSED_ON})
     batches = _batches(inputs, o["batch_size"])
     first = next(batches, None)
     if first is None:
@@ -709,3 +733,49 @@ def _cropped_erf(fn, inputs, index, crop, **kwargs) -> EffectiveReceptiveField:
     return replace(
         erf, map=full, index=target, input_shape=tuple(crop.input_shape), output_shape=out_shape
     )
+
+
+def _cone_erf(fn, inputs, index, crop, **kwargs) -> EffectiveReceptiveField:
+    """The ERF of one output unit with every layer of ``fn`` pruned to the unit's cone."""
+    for name in ("init_fn", "spatial_axes", "output_spatial_axes"):
+        if kwargs.get(name) is not None:
+            raise ValueError(
+                f"`crop='cone'` with `{name}` is not supported: the cone is planned for fixed "
+                "weights and the default layout (batch, *spatial, channels); drop crop= or "
+                f"`{name}`."
+            )
+    if hasattr(inputs, "shape"):
+        sample = inputs
+    else:
+        batches = iter(inputs)
+        sample = next(batches, None)
+        if sample is None:
+            raise ValueError("`inputs` held no batches; give at least one sample.")
+        inputs = itertools.chain([sample], batches)
+    _check_batch(sample, 0, None)
+    spec = jax.ShapeDtypeStruct((1, *sample.shape[1:]), sample.dtype)
+    out = jax.eval_shape(fn, spec)
+    if not hasattr(out, "shape") or len(out.shape) != len(spec.shape):
+        raise ValueError(
+            f"`crop='cone'` needs fn(x) shaped (batch, *spatial, channels) like x "
+            f"{spec.shape}; got {getattr(out, 'shape', type(out).__name__)}. Probe without "
+            "crop= or return the feature map."
+        )
+    target = _output_index(index, tuple(out.shape[1:-1]), None)
+    pruned = _pruned(fn, spec.shape, spec.dtype, target)
+    erf = effective_receptive_field(pruned, inputs, (0,) * len(target), **kwargs)
+    return replace(erf, index=target, output_shape=tuple(out.shape[1:-1]))
+
+
+# The derived networks are kept (a few at a time) so that probing the same network again reuses
+# its compiled step instead of tracing and compiling a new function.
+
+
+@functools.lru_cache(maxsize=8)
+def _folded(fn):
+    return fold_convs(fn)
+
+
+@functools.lru_cache(maxsize=8)
+def _pruned(fn, shape, dtype, target):
+    return prune_to_cone(fn, jax.ShapeDtypeStruct(shape, dtype), (None, *target, None))

@@ -16,9 +16,10 @@ where the kernel is a constant, the intermediate values are used by the chain al
 constants pass the per-channel test, so the folded network computes the same function (to
 float rounding: ``W'`` is formed in float64 and cast to the kernel's dtype).
 
-Before folding, calls (``jit``, ``closed_call``, ...) are inlined (custom differentiation rules
-are kept) and every equation whose inputs are all constants is evaluated once (the batch-norm
-statistics' ``rsqrt``, broadcasts of parameters). :func:`flatten` and :func:`constants` do
+Before folding, calls (the registry's containers: ``jit``, ``closed_call``, ...) are inlined by
+the one jaxpr walker (custom differentiation rules are kept) and every equation whose inputs
+are all constants is evaluated once (the batch-norm statistics' ``rsqrt``, broadcasts of
+parameters). :func:`flatten` and :func:`constants` do
 that and are shared with the cone pruning.
 """
 
@@ -31,91 +32,55 @@ import jax
 import numpy as np
 from jax.extend import core as jcore
 
-#: Call-like primitives whose body is evaluated in place, and the parameter holding the body.
-CONTAINERS = {
-    "pjit": "jaxpr",
-    "jit": "jaxpr",
-    "closed_call": "call_jaxpr",
-    "core_call": "call_jaxpr",
-    "custom_jvp_call": "call_jaxpr",
-    "custom_vjp_call": "call_jaxpr",
-    "custom_vjp_call_jaxpr": "fun_jaxpr",
-    "remat": "jaxpr",
-    "remat2": "jaxpr",
-    "checkpoint": "jaxpr",
-}
+from ._walk import bind, walk
 
 _AFFINE = ("add", "sub", "mul", "div")
 
 
-def bind_eqn(eqn, vals, **changes) -> list:
-    """Apply ``eqn``'s primitive to ``vals`` with its parameters (``changes`` overriding)."""
-    params = dict(eqn.primitive.get_bind_params(eqn.params), **changes)
-    with eqn.ctx.manager:
-        outs = eqn.primitive.bind(*vals, **params)
-    return list(outs) if eqn.primitive.multiple_results else [outs]
+def _never(eqn, vals, site) -> bool:
+    return False
 
 
-def evaluate(jaxpr, consts, args, rule: Callable, env: dict | None = None) -> list:
-    """Evaluate ``jaxpr`` with ``rule(eqn, read, env)`` giving each equation's outputs.
-
-    ``env`` (variable -> value) may be given pre-filled (known constants); a rule may return
-    None after writing the outputs into ``env`` itself, or to skip the equation.
-    """
-    env = {} if env is None else env
-
-    def read(v):
-        return v.val if isinstance(v, jcore.Literal) else env[v]
-
-    env.update(zip(jaxpr.constvars, consts, strict=True))
-    env.update(zip(jaxpr.invars, args, strict=True))
-    for eqn in jaxpr.eqns:
-        outs = rule(eqn, read, env)
-        if outs is not None:
-            env.update(zip(eqn.outvars, outs, strict=True))
-    return [read(v) for v in jaxpr.outvars]
+def _visit_bind(eqn, vals, site) -> list:
+    return bind(eqn, vals)
 
 
-def _inline(jaxpr, consts, args, custom: bool) -> list:
-    def rule(eqn, read, env):
-        vals = [read(v) for v in eqn.invars]
-        name = eqn.primitive.name
-        key = CONTAINERS.get(name) if custom or not name.startswith("custom_") else None
-        sub = eqn.params.get(key) if key else None
-        if sub is None:
-            return bind_eqn(eqn, vals)
-        if isinstance(sub, jcore.ClosedJaxpr):
-            return _inline(sub.jaxpr, sub.consts, vals, custom)
-        return _inline(sub, [], vals, custom)
-
-    return evaluate(jaxpr, consts, args, rule)
+def _specs(jaxpr) -> list:
+    return [jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype) for v in jaxpr.invars]
 
 
 def flatten(closed, custom: bool = True) -> jcore.ClosedJaxpr:
     """``closed`` (a ``ClosedJaxpr``) re-traced with every call inlined: one flat equation list.
 
-    With ``custom``, custom differentiation rules (``custom_jvp_call``, ``custom_vjp_call``) are
-    inlined too, and the flat jaxpr is differentiated through its primal operations (``relu``'s
-    derivative at exactly 0 then becomes ``max``'s, 1/2); without, they stay as they are.
+    The calls are the registry's single-sub-program containers, entered by
+    :func:`jaxrf._walk.walk`. With ``custom``, custom differentiation rules
+    (``custom_jvp_call``, ``custom_vjp_call``) are inlined too, and the flat jaxpr is
+    differentiated through its primal operations (``relu``'s derivative at exactly 0 then
+    becomes ``max``'s, 1/2); without, they stay as they are.
     """
-    specs = [jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype) for v in closed.jaxpr.invars]
-    return jax.make_jaxpr(lambda *a: _inline(closed.jaxpr, closed.consts, a, custom))(*specs)
+
+    def descend(eqn, vals, site) -> bool:
+        return custom or not eqn.primitive.name.startswith("custom_")
+
+    def run(*args):
+        return walk(closed, args, _visit_bind, descend=descend)
+
+    return jax.make_jaxpr(run)(*_specs(closed.jaxpr))
 
 
 def constants(closed) -> dict:
     """Value of every variable of a flat ``closed`` jaxpr that depends on constants alone."""
     known = dict(zip(closed.jaxpr.constvars, closed.consts, strict=True))
 
-    def value(v):
-        return v.val if isinstance(v, jcore.Literal) else known[v]
+    def visit(eqn, vals, site):
+        if eqn.effects or any(v is None for v in vals):
+            return [None] * len(eqn.outvars)
+        outs = bind(eqn, vals)
+        known.update(zip(eqn.outvars, outs, strict=True))
+        return outs
 
     with jax.ensure_compile_time_eval():  # concrete values even under an outer jit / grad
-        for eqn in closed.jaxpr.eqns:
-            ins = eqn.invars
-            if eqn.effects or not all(isinstance(v, jcore.Literal) or v in known for v in ins):
-                continue
-            outs = bind_eqn(eqn, [value(v) for v in ins])
-            known.update(zip(eqn.outvars, outs, strict=True))
+        walk(closed, [None] * len(closed.jaxpr.invars), visit, descend=_never)
     return known
 
 
@@ -223,23 +188,24 @@ def fold_constants(closed) -> jcore.ClosedJaxpr:
     flat = flatten(closed, custom=False)
     known = constants(flat)
     plan, absorbed = fold_plan(flat, known)
+    done: dict = {}  # last variable of a folded chain -> its value
 
-    def rule(eqn, read, env):
-        if id(eqn) in absorbed or all(v in known for v in eqn.outvars):
-            return None
-        vals = [read(v) for v in eqn.invars]
+    def visit(eqn, vals, site):
+        if all(v in known for v in eqn.outvars):
+            return [known[v] for v in eqn.outvars]
+        if id(eqn) in absorbed:  # read by its chain alone: only the chain's end is used
+            return [done.pop(v, None) for v in eqn.outvars]
         if id(eqn) not in plan:
-            return bind_eqn(eqn, vals)
+            return bind(eqn, vals)
         w, bias, last = plan[id(eqn)]
-        (y,) = bind_eqn(eqn, [vals[0], w])
-        env[last] = y if bias is None else y + bias
-        return None
+        (y,) = bind(eqn, [vals[0], w])
+        done[last] = y if bias is None else y + bias
+        return [None]
 
     def run(*args):
-        return evaluate(flat.jaxpr, flat.consts, args, rule, dict(known))
+        return walk(flat, args, visit, descend=_never)
 
-    specs = [jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype) for v in flat.jaxpr.invars]
-    return jax.make_jaxpr(run)(*specs)
+    return jax.make_jaxpr(run)(*_specs(flat.jaxpr))
 
 
 def fold_convs(fn: Callable) -> Callable:

@@ -32,24 +32,33 @@ differentiation rules are inlined first (a ``custom_jvp_call`` body has fixed sh
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import jax
 import numpy as np
 from jax import lax
 from jax.extend import core as jcore
 
-from ._fold import bind_eqn, constants, flatten
+from ._fold import constants, flatten
+from ._walk import bind, walk
 
 Box = tuple[tuple[int, int], ...]
 
-ELEMENTWISE = frozenset(
-    "abs add and atan2 cbrt ceil clamp convert_element_type copy copy_p cos cosh div eq erf "
-    "erf_inv erfc exp exp2 expm1 floor ge gt imag integer_pow is_finite le log log1p logistic lt "
-    "max min mul ne neg nextafter not or pow real reduce_precision rem round rsqrt select_n "
-    "sign sin sinh sqrt square stop_gradient sub tan tanh xor".split()
-)
-_WINDOW_REDUCE = {"reduce_window_max": -np.inf, "reduce_window_min": np.inf, "reduce_window_sum": 0}
-_REDUCE = frozenset("reduce_sum reduce_max reduce_min reduce_prod argmax argmin".split())
+
+class Cone(NamedTuple):
+    """What one equation computes and reads when a box of its output is needed.
+
+    ``out``: the box of the output it computes; ``boxes``: the box read of each operand;
+    ``pads``: per operand, ``(low, high)`` padding per axis added after reading (None: none);
+    ``changes``: parameter changes for the pruned equation; ``fill``: the padding value (None:
+    zero).
+    """
+
+    out: Box
+    boxes: list
+    pads: list
+    changes: dict
+    fill: object = None
 
 
 def _full(shape) -> Box:
@@ -72,7 +81,9 @@ def _window_axis(box, n, size, stride, pad, dilation):
     return (max(lo, 0), min(hi, n)), (max(-lo, 0), max(hi - n, 0))
 
 
-def _conv_plan(eqn, out: Box):
+def conv_cone(eqn, out: Box) -> Cone | None:
+    """``conv_general_dilated`` without input dilation: every output feature, every input
+    feature, the window of the spatial axes (the padding made explicit)."""
     p = eqn.params
     lhs_spec, rhs_spec, out_spec = p["dimension_numbers"]
     if any(d != 1 for d in p["lhs_dilation"]) or p["batch_group_count"] != 1:
@@ -89,97 +100,102 @@ def _conv_plan(eqn, out: Box):
         k = kshape[rhs_spec[2 + i]]
         box[ax], pads[ax] = _window_axis(out[out_spec[2 + i]], shape[ax], k, s, pad, d)
     zero = tuple((0, 0) for _ in p["padding"])
-    return tuple(out), [tuple(box), _full(kshape)], [pads, None], dict(padding=zero)
+    return Cone(tuple(out), [tuple(box), _full(kshape)], [pads, None], dict(padding=zero))
 
 
-def _pool_plan(eqn, out: Box):
-    p = eqn.params
-    if any(d != 1 for d in p["base_dilation"]):
-        return None
-    shape = eqn.invars[0].aval.shape
-    box, pads = [], []
-    for i, n in enumerate(shape):
-        args = p["window_dimensions"][i], p["window_strides"][i], p["padding"][i]
-        b, pad = _window_axis(out[i], n, *args, p["window_dilation"][i])
-        box.append(b)
-        pads.append(pad)
-    zero = tuple((0, 0) for _ in shape)
-    return out, [tuple(box)], [pads], dict(padding=zero)
+def window_cone(fill) -> Callable:
+    """The rule of a window reduction (without base dilation) whose padding value is
+    ``fill`` (the reduction's identity: 0 for sums, -inf for max, +inf for min)."""
+
+    def rule(eqn, out: Box) -> Cone | None:
+        p = eqn.params
+        if any(d != 1 for d in p["base_dilation"]):
+            return None
+        box, pads = [], []
+        for i, n in enumerate(eqn.invars[0].aval.shape):
+            args = p["window_dimensions"][i], p["window_strides"][i], p["padding"][i]
+            b, pad = _window_axis(out[i], n, *args, p["window_dilation"][i])
+            box.append(b)
+            pads.append(pad)
+        zero = tuple((0, 0) for _ in box)
+        return Cone(out, [tuple(box)], [pads], dict(padding=zero), fill)
+
+    return rule
 
 
-def _elementwise_plan(eqn, out: Box):
+def elementwise_cone(eqn, out: Box) -> Cone:
+    """The same box of every operand (``[0, 1)`` on an axis it broadcasts from size 1)."""
     boxes = []
     for v in eqn.invars:
         shape = v.aval.shape
-        if len(shape) == 0:
-            boxes.append(())
-            continue
         boxes.append(tuple((0, 1) if n == 1 else out[a] for a, n in enumerate(shape)))
-    return out, boxes, [None] * len(boxes), {}
+    return Cone(out, boxes, [None] * len(boxes), {})
 
 
-def _broadcast_plan(eqn, out: Box):
+def broadcast_cone(eqn, out: Box) -> Cone:
+    """``broadcast_in_dim``: the operand's axes follow ``broadcast_dimensions``."""
     shape = eqn.invars[0].aval.shape
     dims = eqn.params["broadcast_dimensions"]
     box = tuple((0, 1) if n == 1 else out[d] for n, d in zip(shape, dims, strict=True))
-    changes = dict(shape=tuple(b - a for a, b in out))
-    return out, [box], [None], changes
+    return Cone(out, [box], [None], dict(shape=tuple(b - a for a, b in out)))
 
 
-def _map_plan(eqn, out: Box):
-    """transpose, reductions, concatenate: boxes mapped axis by axis."""
-    name, p = eqn.primitive.name, eqn.params
+def transpose_cone(eqn, out: Box) -> Cone:
+    """``transpose``: the output box permuted back."""
+    box = [None] * len(out)
+    for j, i in enumerate(eqn.params["permutation"]):
+        box[i] = out[j]
+    return Cone(out, [tuple(box)], [None], {})
+
+
+def reduction_cone(eqn, out: Box) -> Cone:
+    """A reduction over ``axes``: the reduced axes whole, the kept ones as in the output."""
     shape = eqn.invars[0].aval.shape
-    if name == "transpose":
-        box = [None] * len(shape)
-        for j, i in enumerate(p["permutation"]):
-            box[i] = out[j]
-        return out, [tuple(box)], [None], {}
-    if name in _REDUCE:
-        kept = [a for a in range(len(shape)) if a not in p["axes"]]
-        box = list(_full(shape))
-        for j, a in enumerate(kept):
-            box[a] = out[j]
-        return out, [tuple(box)], [None], {}
-    axis = p["dimension"]
+    kept = [a for a in range(len(shape)) if a not in eqn.params["axes"]]
+    box = list(_full(shape))
+    for j, a in enumerate(kept):
+        box[a] = out[j]
+    return Cone(out, [tuple(box)], [None], {})
+
+
+def concatenate_cone(eqn, out: Box) -> Cone:
+    """``concatenate``: the concatenated axis whole, the others as in the output."""
+    axis = eqn.params["dimension"]
     out = tuple((0, eqn.outvars[0].aval.shape[a]) if a == axis else r for a, r in enumerate(out))
     boxes = [
         tuple((0, v.aval.shape[a]) if a == axis else r for a, r in enumerate(out))
         for v in eqn.invars
     ]
-    return out, boxes, [None] * len(boxes), {}
+    return Cone(out, boxes, [None] * len(boxes), {})
 
 
-def plan_equation(eqn, out: Box):
-    """``(computed output box, input boxes, input paddings, parameter changes)`` of ``eqn``
-    when ``out`` is needed of its (first) output; None where it must run whole."""
-    name = eqn.primitive.name
-    if eqn.primitive.multiple_results or len(eqn.outvars) != 1:
+def plan_equation(eqn, out: Box) -> Cone | None:
+    """The registry's cone rule of ``eqn`` for the needed box ``out`` of its one output; None
+    where it has none (or several outputs) and must run whole."""
+    from ._registry import REGISTRY  # the registry imports this module's rules
+
+    entry = REGISTRY.get(eqn.primitive.name)
+    rule = entry.cone if entry is not None else None
+    if rule is None or eqn.primitive.multiple_results or len(eqn.outvars) != 1:
         return None
-    if name == "conv_general_dilated":
-        return _conv_plan(eqn, out)
-    if name in _WINDOW_REDUCE:
-        return _pool_plan(eqn, out)
-    if name in ELEMENTWISE:
-        return _elementwise_plan(eqn, out)
-    if name == "broadcast_in_dim":
-        return _broadcast_plan(eqn, out)
-    if name in ("transpose", "concatenate") or name in _REDUCE:
-        return _map_plan(eqn, out)
-    return None
+    return rule(eqn, out)
 
 
-def _whole(eqn):
-    outs = tuple(_full(v.aval.shape) for v in eqn.outvars)
-    return outs, [_full(v.aval.shape) for v in eqn.invars], [None] * len(eqn.invars), {}
+def _whole(eqn) -> Cone:
+    return Cone(
+        tuple(_full(v.aval.shape) for v in eqn.outvars),
+        [_full(v.aval.shape) for v in eqn.invars],
+        [None] * len(eqn.invars),
+        {},
+    )
 
 
 def cone_plan(closed, known: dict, out_box: Box) -> tuple[dict, dict, list]:
     """Backward pass of the boxes over a flat ``closed`` jaxpr with one output.
 
-    Returns ``(plans, need, whole)``: per needed equation (by id) its plan (output boxes as a
-    tuple, input boxes, paddings, parameter changes), per variable the box needed of it, and
-    the names of the needed primitives that have no box rule (run whole).
+    Returns ``(plans, need, whole)``: per needed equation (by id) its :class:`Cone` (``out``
+    then a tuple of one box per output), per variable the box needed of it, and the names of
+    the needed primitives that have no box rule (run whole).
     """
     jaxpr = closed.jaxpr
     need = {jaxpr.outvars[0]: out_box}
@@ -187,23 +203,22 @@ def cone_plan(closed, known: dict, out_box: Box) -> tuple[dict, dict, list]:
     for eqn in reversed(jaxpr.eqns):
         if not any(v in need for v in eqn.outvars) or all(v in known for v in eqn.outvars):
             continue
-        plan = None
-        if len(eqn.outvars) == 1:
-            plan = plan_equation(eqn, need[eqn.outvars[0]])
-            if plan is not None:
-                plan = ((plan[0],), *plan[1:])
+        plan = plan_equation(eqn, need[eqn.outvars[0]]) if len(eqn.outvars) == 1 else None
         if plan is None:
             whole.append(eqn.primitive.name)
             plan = _whole(eqn)
+        else:
+            plan = plan._replace(out=(plan.out,))
         plans[id(eqn)] = plan
-        for v, box in zip(eqn.invars, plan[1], strict=True):
+        for v, box in zip(eqn.invars, plan.boxes, strict=True):
             if not isinstance(v, jcore.Literal) and v not in known:
                 need[v] = _union(need.get(v), box)
     return plans, need, whole
 
 
-def _take(val, have: Box, want: Box, pads, pad_value):
-    """The ``want`` box of ``val`` (which holds box ``have``), padded by ``pads``."""
+def _take(val, have: Box, want: Box, pads=None, fill=None):
+    """The ``want`` box of ``val`` (which holds box ``have``), padded by ``pads`` with
+    ``fill`` (None: zero)."""
     if want == ():
         return val
     starts = [w[0] - h[0] for w, h in zip(want, have, strict=True)]
@@ -211,20 +226,18 @@ def _take(val, have: Box, want: Box, pads, pad_value):
         limits = [s + w[1] - w[0] for s, w in zip(starts, want, strict=True)]
         val = lax.slice(val, starts, limits)
     if pads is not None and any(lo or hi for lo, hi in pads):
-        fill = np.array(pad_value, val.dtype) if pad_value is not None else np.zeros((), val.dtype)
-        val = lax.pad(val, fill, [(lo, hi, 0) for lo, hi in pads])
+        val = lax.pad(val, _fill(fill, val.dtype), [(lo, hi, 0) for lo, hi in pads])
     return val
 
 
-def _pad_value(eqn):
-    if eqn.primitive.name not in _WINDOW_REDUCE:
-        return None
-    v = _WINDOW_REDUCE[eqn.primitive.name]
-    dtype = eqn.invars[0].aval.dtype
-    if np.isinf(v) and not np.issubdtype(dtype, np.floating):
+def _fill(value, dtype):
+    """The padding value in ``dtype`` (an infinite one as the integer type's extreme)."""
+    if value is None:
+        return np.zeros((), dtype)
+    if np.isinf(value) and not np.issubdtype(dtype, np.floating):
         info = np.iinfo(dtype)
-        return info.min if v < 0 else info.max
-    return v
+        return np.array(info.min if value < 0 else info.max, dtype)
+    return np.array(value, dtype)
 
 
 def _index_box(index, shape) -> Box:
@@ -276,16 +289,18 @@ def prune_to_cone(fn: Callable, x, index: Sequence[int | None]) -> Callable:
     (xvar,) = flat.jaxpr.invars
     in_box = need.get(xvar, _full(xvar.aval.shape))
 
-    def rule(eqn, read, env):
-        if id(eqn) not in plans:
-            return None
-        outs, boxes, pads, changes = plans[id(eqn)]
-        vals = []
-        for v, box, pad in zip(eqn.invars, boxes, pads, strict=True):
-            have = _full(v.aval.shape) if isinstance(v, jcore.Literal) or v in known else env[v][1]
-            val = read(v) if isinstance(v, jcore.Literal) or v in known else env[v][0]
-            vals.append(_take(val, have, box, pad, _pad_value(eqn)))
-        return list(zip(bind_eqn(eqn, vals, **changes), outs, strict=True))
+    def visit(eqn, vals, site):
+        if all(v in known for v in eqn.outvars):
+            return [(known[v], _full(v.aval.shape)) for v in eqn.outvars]
+        if id(eqn) not in plans:  # not needed by the probed output
+            return [None] * len(eqn.outvars)
+        plan = plans[id(eqn)]
+        vals = [
+            _take(val, have, box, pad, plan.fill)
+            for (val, have), box, pad in zip(vals, plan.boxes, plan.pads, strict=True)
+        ]
+        outs = bind(eqn.replace(params={**eqn.params, **plan.changes}), vals)
+        return list(zip(outs, plan.out, strict=True))
 
     def pruned(x):
         if tuple(x.shape) != xvar.aval.shape:
@@ -293,22 +308,15 @@ def prune_to_cone(fn: Callable, x, index: Sequence[int | None]) -> Callable:
                 f"`x` has shape {tuple(x.shape)}, but the cone was planned for "
                 f"{xvar.aval.shape}; call prune_to_cone again with this shape."
             )
-        env = {v: (c, _full(np.shape(c))) for v, c in known.items()}
-        env[xvar] = (_take(x, _full(x.shape), in_box, None, None), in_box)
-        return _run(flat.jaxpr, env, rule, out_box)
+        first = (_take(x, _full(x.shape), in_box), in_box)
+        ((val, have),) = walk(flat, [first], visit, wrap=_whole_value)
+        return _take(val, have, out_box)
 
     pruned.input_box = in_box
     pruned.whole = whole
     return pruned
 
 
-def _run(jaxpr, env, rule, out_box):
-    def read(v):
-        return v.val if isinstance(v, jcore.Literal) else env[v][0]
-
-    for eqn in jaxpr.eqns:
-        outs = rule(eqn, read, env)
-        if outs is not None:
-            env.update(zip(eqn.outvars, outs, strict=True))
-    val, have = env[jaxpr.outvars[0]]
-    return _take(val, have, out_box, None, None)
+def _whole_value(c):
+    """A constant or literal as a (value, box) pair: the value whole."""
+    return c, _full(np.shape(c))

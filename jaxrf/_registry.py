@@ -14,6 +14,10 @@ An :class:`Entry` states, for one primitive:
   (a call whose body is lowered in place);
 * ``index_operands``: ``fn(n_operands) -> positions`` of the operands that are indices and must
   be constants for the structure to be kept;
+* ``cone``: the cone-pruning rule (:mod:`jaxrf._prune`), ``fn(eqn, out_box) -> Cone or None``:
+  given the box (one ``[lo, hi)`` per axis) needed of the one output, the box the equation
+  computes, the box read of each operand and the padding made explicit; None (or no rule): it
+  runs whole;
 * ``container``: the parameter holding the sub-program (a string: one sub-program, entered by
   the walker of :mod:`jaxrf._walk`), or a tuple of parameter names for containers whose rule
   chooses among several sub-programs (``cond``'s ``branches``; ``scan``/``while`` go here too).
@@ -55,9 +59,10 @@ Adding a primitive is one entry in :data:`REGISTRY` (below) or one
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from . import _lowering as L
+from . import _prune as P
 from . import _rules as R
 from . import _structural as S
 
@@ -72,9 +77,10 @@ class Entry:
     lowering: Callable | str | None = None
     index_operands: Callable[[int], object] | None = None
     container: str | tuple[str, ...] | None = None
+    cone: Callable | None = None
 
 
-ELEMENTWISE = Entry(R.elementwise, S.sum_surrogate, "same")
+ELEMENTWISE = Entry(R.elementwise, S.sum_surrogate, "same", cone=P.elementwise_cone)
 IDENTITY = Entry(R.identity, S.identity_surrogate, "same")
 GLOBAL = Entry(R.treat_as_global, S.global_surrogate)
 
@@ -104,13 +110,19 @@ REGISTRY: dict[str, Entry] = {
     **dict.fromkeys(_UNARY + _NARY, ELEMENTWISE),
     **dict.fromkeys(["optimization_barrier", "sharding_constraint"], IDENTITY),
     # Sliding windows.
-    "conv_general_dilated": Entry(R.conv, "bilinear", "conv", L.lower_conv),
-    "reduce_window_max": Entry(R.reduce_window, S.window_sum_surrogate, "same", L.lower_max_pool),
-    **dict.fromkeys(
-        ["reduce_window_min", "reduce_window"],
-        Entry(R.reduce_window, S.window_sum_surrogate, "same"),
+    "conv_general_dilated": Entry(R.conv, "bilinear", "conv", L.lower_conv, cone=P.conv_cone),
+    "reduce_window_max": Entry(
+        R.reduce_window,
+        S.window_sum_surrogate,
+        "same",
+        L.lower_max_pool,
+        cone=P.window_cone(-float("inf")),
     ),
-    "reduce_window_sum": Entry(R.reduce_window, S.keep_surrogate, "same"),
+    "reduce_window_min": Entry(
+        R.reduce_window, S.window_sum_surrogate, "same", cone=P.window_cone(float("inf"))
+    ),
+    "reduce_window": Entry(R.reduce_window, S.window_sum_surrogate, "same"),
+    "reduce_window_sum": Entry(R.reduce_window, S.keep_surrogate, "same", cone=P.window_cone(0)),
     "pad": Entry(R.pad, S.keep_surrogate, "same"),
     "slice": Entry(R.slice_, S.keep_surrogate, "same"),
     "dynamic_slice": Entry(R.dynamic_slice, S.keep_surrogate, "same", None, lambda n: range(1, n)),
@@ -121,15 +133,17 @@ REGISTRY: dict[str, Entry] = {
         Entry(R.cumulative, S.cumsum_surrogate, "same"),
     ),
     # Merges and reductions.
-    "concatenate": Entry(R.concatenate, S.keep_surrogate),
-    "reduce_sum": Entry(R.reduction, S.keep_surrogate),
-    **dict.fromkeys(_TO_SUM, Entry(R.reduction, S.sum_reduction_surrogate)),
+    "concatenate": Entry(R.concatenate, S.keep_surrogate, cone=P.concatenate_cone),
+    "reduce_sum": Entry(R.reduction, S.keep_surrogate, cone=P.reduction_cone),
+    **dict.fromkeys(_TO_SUM, Entry(R.reduction, S.sum_reduction_surrogate, cone=P.reduction_cone)),
     "reduce": Entry(R.reduction),
     # Shape and layout: only the labels move.
-    "transpose": Entry(R.transpose, S.keep_surrogate, R.transpose_axes),
+    "transpose": Entry(R.transpose, S.keep_surrogate, R.transpose_axes, cone=P.transpose_cone),
     "squeeze": Entry(R.squeeze, S.keep_surrogate, R.squeeze_axes),
     "expand_dims": Entry(R.expand_dims, S.keep_surrogate, R.expand_dims_axes),
-    "broadcast_in_dim": Entry(R.broadcast_in_dim, S.keep_surrogate, R.broadcast_layout),
+    "broadcast_in_dim": Entry(
+        R.broadcast_in_dim, S.keep_surrogate, R.broadcast_layout, cone=P.broadcast_cone
+    ),
     "reshape": Entry(R.reshape, S.keep_surrogate, R.reshape_axes),
     # Contractions and lookups.
     "dot_general": Entry(R.dot_general, "bilinear"),
@@ -210,7 +224,7 @@ def _entry_for(name: str, rule, structural) -> Entry:
             f"`structural` (={structural!r}) for primitive '{name}' must be a callable "
             f"surrogate(eqn, vals) -> outputs or one of {sorted(_SURROGATES)}."
         )
-    return Entry(entry.interval, structural, entry.layout)
+    return replace(entry, structural=structural)
 
 
 def register_rule(name: str, rule: Callable | str, *, structural: Callable | str | None = None):

@@ -101,3 +101,33 @@ def test_bad_index_is_named():
     pruned = prune_to_cone(jnp.tanh, x, (None, 3, 3, None))
     with pytest.raises(ValueError, match=r"`x` has shape \(1, 9, 9, 1\), but the cone was"):
         pruned(jnp.zeros((1, 9, 9, 1)))
+
+
+def test_erf_with_fold_and_cone_equals_the_plain_map_float64():
+    """effective_receptive_field(..., fold=True, crop="cone") on a small zoo ResNet: the same
+    map as the plain computation (the fold and the pruning change no value)."""
+    with jax.enable_x64(True):
+        net = _resnet()
+        xs = jax.random.normal(jax.random.key(4), (3, 40, 40, 3), jnp.float64)
+        kw = dict(index=(1, 0), reduce="signed", progress=False, lowering="none")
+        plain = jaxrf.effective_receptive_field(net, xs, **kw)
+        for options in (dict(fold=True), dict(crop="cone"), dict(fold=True, crop="cone")):
+            got = jaxrf.effective_receptive_field(net, xs, **kw, **options)
+            assert got.map.shape == (40, 40) and got.count == 3
+            assert got.index == (1, 0) and got.output_shape == plain.output_shape
+            diff = np.abs(got.map - plain.map).max()
+            assert diff <= 1e-12 * np.abs(plain.map).max(), (options, diff)
+
+
+def test_erf_cone_errors_are_named():
+    x = jnp.zeros((2, 8, 8, 1))
+    with pytest.raises(ValueError, match=r"`crop` \(='box'\) must be None, a jaxrf.Crop"):
+        jaxrf.effective_receptive_field(jnp.tanh, x, crop="box")
+    with pytest.raises(ValueError, match=r"`crop='cone'` with `init_fn` is not supported"):
+        jaxrf.effective_receptive_field(
+            lambda p, v: jnp.tanh(v), x, crop="cone", init_fn=lambda k: None
+        )
+    with pytest.raises(ValueError, match=r"`crop='cone'` needs fn\(x\) shaped"):
+        jaxrf.effective_receptive_field(lambda v: v.sum(axis=(1, 2)), x, crop="cone")
+    with pytest.raises(TypeError, match=r"`fold` \(=1\) must be True or False"):
+        jaxrf.effective_receptive_field(jnp.tanh, x, fold=1)
