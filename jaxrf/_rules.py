@@ -128,6 +128,14 @@ def unify(ctx, eqn, deps: Sequence[Dependent], op: str) -> Dependent:
     labels: list[Label] = []
     for p in range(ndim_out):
         found = {d.axes[p] for d in deps if len(d.axes) == ndim_out and d.axes[p] is not None}
+        if len(found) > 1:  # a label on a size-1 map axis is broadcast, not a conflict
+            found = {
+                d.axes[p]
+                for d in deps
+                if len(d.axes) == ndim_out
+                and d.axes[p] is not None
+                and any(d.state.shape[a] != 1 for a in _spatial_of(d.axes[p]))
+            } or found
         if len(found) > 1:
             raise Mixing(f"array axis {p} holds different spatial axes {sorted(map(str, found))}")
         labels.append(found.pop() if found else None)
@@ -390,7 +398,9 @@ def expand_dims(ctx, eqn, inputs):
     rank = len(_shape(eqn.outvars[0]))
     new = {d % rank for d in eqn.params["dimensions"]}
     it = iter(x.axes)
-    return [Dependent(x.state, tuple(None if p in new else next(it) for p in range(rank)))]
+    axes = tuple(None if p in new else next(it) for p in range(rank))
+    out_shape = _shape(eqn.outvars[0])
+    return [Dependent(x.state, relabel_new_ones(x, axes, out_shape, sorted(new)))]
 
 
 def broadcast_in_dim(ctx, eqn, inputs):
@@ -414,7 +424,8 @@ def broadcast_in_dim(ctx, eqn, inputs):
     if stretched:
         target = tuple(stretched.get(a, n) for a, n in enumerate(state.shape))
         state = broadcast_state(state, target, ctx.layer_name(eqn, "broadcast"))
-    return [Dependent(state, tuple(axes))]
+    new = [p for p in range(len(shape)) if p not in eqn.params["broadcast_dimensions"]]
+    return [Dependent(state, relabel_new_ones(Dependent(state, tuple(axes)), axes, shape, new))]
 
 
 def reshape(ctx, eqn, inputs):
@@ -458,7 +469,9 @@ def reshape(ctx, eqn, inputs):
                 axes[t] = q
         else:
             raise Mixing(f"reshape {in_shape} -> {out_shape} splits spatial axes {parts}")
-    return [Dependent(x.state, tuple(axes))]
+    ones = [p for p, n in enumerate(out_shape) if n == 1]
+    kept = Dependent(x.state, tuple(axes))
+    return [Dependent(x.state, relabel_new_ones(kept, axes, out_shape, ones))]
 
 
 # ---------------------------------------------------------------------------------------
@@ -520,6 +533,10 @@ def dot_general(ctx, eqn, inputs):
         return [Dependent(dep.state, out_axes(labels))]
     pos = [p for p in contract[k] if labels[k][p] is not None]
     if len(pos) != 1 or isinstance(labels[k][pos[0]], Flat):
+        dims = (contract, batch, free)
+        split = separable_contraction(ctx, eqn, dep, k, both[1 - k].value, labels, dims, out_axes)
+        if split is not None:
+            return split
         name = ctx.layer_name(eqn, "dense")
         state = dep.state
         for a in sorted({a for p in pos for a in _spatial_of(labels[k][p])}):
@@ -718,3 +735,13 @@ def register_rule(name: str, rule: Rule | str) -> None:
             "rule(ctx, eqn, inputs) -> outputs or one of " + str(sorted(_BUILTIN_KINDS)) + "."
         )
     RULES[name] = rule
+
+
+# Control flow, reversal, sorting, separable contractions: jaxrf._rules_grids.
+from ._rules_grids import (  # noqa: E402 (the grid rules build on the helpers above)
+    GRID_RULES,
+    relabel_new_ones,
+    separable_contraction,
+)
+
+RULES.update(GRID_RULES)
