@@ -28,7 +28,8 @@ every operand element the original reads:
 The surrogate is pulled back with ``jax.vjp`` (JAX's own transposes, XLA's convolution
 arithmetic, not interval rules), and the cotangent is binarised (``> 0 -> 1``) after every
 operation, so depth cannot underflow or overflow it. Containers (``jit``, ``custom_jvp_call``,
-``custom_vjp_call``, ``closed_call``, ``remat``, ``cond``) are walked recursively.
+``custom_vjp_call``, ``closed_call``, ``remat``, ``cond``) are walked recursively;
+``scan`` and ``while`` are unrolled (:mod:`jaxrf._structural_loops`).
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ TO_SCATTER_ADD = frozenset("scatter scatter_mul scatter_min scatter_max".split()
 BILINEAR = frozenset("conv_general_dilated dot_general".split())
 CONTAINERS = frozenset(
     "jit pjit closed_call core_call remat remat2 checkpoint custom_jvp_call custom_vjp_call "
-    "custom_vjp_call_jaxpr custom_lin cond".split()
+    "custom_vjp_call_jaxpr custom_lin cond scan while".split()
 )
 # Which operands of these primitives are indices (must be constants to keep the structure).
 _INDEX_OPERANDS = {
@@ -318,6 +319,10 @@ class _Rewriter:
     def container(self, eqn, vals):
         name = eqn.primitive.name
         params = eqn.params
+        if name in ("scan", "while"):
+            from ._structural_loops import LOOPS
+
+            return LOOPS[name](self, eqn, vals)
         if name == "cond":
             index, operands = vals[0], vals[1:]
             branches = params["branches"]
