@@ -29,7 +29,8 @@ import warnings
 
 import numpy as np
 
-from ._field import FieldState, GlobalReceptiveFieldWarning, pattern_through
+from ._axis import Window
+from ._field import FieldState, GlobalReceptiveFieldWarning, MisalignmentWarning, pattern_through
 from ._rules import Constant, Dependent, Flat, Mixing, elementwise, unify
 
 # ---------------------------------------------------------------------------------------
@@ -47,6 +48,17 @@ def _name(ctx, eqn, op: str) -> str:
 
 def _record(ctx, state: FieldState, name: str, op: str) -> None:
     ctx.record(state, name, op)
+
+
+def _quiet_walk(ctx, eqn, sub, inputs):
+    """A walk whose layer records and misalignment warnings are dropped."""
+    mark = len(ctx.records)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", MisalignmentWarning)
+            return _walk(ctx, eqn, sub, inputs)
+    finally:
+        del ctx.records[mark:]
 
 
 def _global(ctx, eqn, inputs, why: str):
@@ -268,9 +280,9 @@ def scan(ctx, eqn, inputs):
     p = eqn.params
     n_c, n_k, length = p["num_consts"], p["num_carry"], p["length"]
     consts, carry, xs = inputs[:n_c], list(inputs[n_c : n_c + n_k]), inputs[n_c + n_k :]
-    for x in xs:
-        if isinstance(x, Dependent) and x.axes[0] is not None:
-            raise Mixing(f"a scan along an array axis holding spatial axis {x.axes[0]}")
+    along = {x.axes[0] for x in xs if isinstance(x, Dependent)}
+    if along - {None}:
+        return spatial_scan(ctx, eqn, inputs, along)
     steps = range(length - 1, -1, -1) if p["reverse"] else range(length)
 
     def xs_at(t, seen):
@@ -291,6 +303,101 @@ def scan(ctx, eqn, inputs):
         merged = deps[0] if len(deps) == 1 else unify(ctx, eqn, deps, "scan")
         outs.append(Dependent(merged.state, (None,) + merged.axes))
     return outs
+
+
+def _place_init(init, a: int, n: int, first: int, name: str):
+    """The initial carry as a map over the steps: step ``first`` reads it, the others nothing."""
+    if not isinstance(init, Dependent):
+        return init
+    if init.state.shape[a] != 1:
+        raise Mixing(f"a scan's initial carry varies along the scanned spatial axis {a}")
+    rows = np.zeros((n, 1), bool)
+    rows[first, 0] = True
+    return Dependent(pattern_through(init.state, a, rows, name), init.axes)
+
+
+def _carry_in(ctx, eqn, placed, out, a: int, shift: np.ndarray, name: str):
+    """Carry entering step ``t``: the carry leaving step ``t - 1`` (or ``t + 1``), and the
+    initial carry at the first step."""
+    if not isinstance(out, Dependent):
+        return placed
+    moved = Dependent(pattern_through(out.state, a, shift, name), out.axes)
+    if not isinstance(placed, Dependent):
+        return moved
+    return unify(ctx, eqn, [placed, moved], "scan")
+
+
+def _scan_state(last, first, a: int, cumulative: Window, name: str) -> FieldState:
+    """The converged dependence, with Distill paths: the first step's paths through the
+    cumulative window along ``a`` (as for ``cumsum``)."""
+    source = first if isinstance(first, Dependent) else last
+    windows = [Window(1)] * len(last.state.shape)
+    windows[a] = cumulative
+    paths = tuple(q.through(windows, name) for q in source.state.paths)
+    return FieldState(last.state.shape, paths, last.state.terms)
+
+
+def spatial_scan(ctx, eqn, inputs, along):
+    """``scan`` whose scanned operands are sliced along spatial axis ``a`` (a recurrence over
+    time or rows).
+
+    The whole recurrence is walked at once: the slices keep ``a`` in their field state (row
+    ``t`` = step ``t``) without an array axis holding it, and the carry entering step ``t`` is
+    the carry leaving step ``t - 1`` (a shift along ``a``), the initial carry at step 0. The
+    body is walked until the dependence stops changing (at most ``n + 1`` walks): output ``t``
+    then reads the prefix ``[0, t]`` of the steps (the suffix for ``reverse``), each through
+    the per-step rule, exactly.
+    """
+    if len(along) != 1 or not isinstance(a := next(iter(along)), int):
+        raise Mixing(f"a scan along array axes holding {sorted(map(str, along))}")
+    p = eqn.params
+    n_c, n_k, n = p["num_consts"], p["num_carry"], p["length"]
+    consts, init, xs = inputs[:n_c], inputs[n_c : n_c + n_k], inputs[n_c + n_k :]
+    if any(isinstance(x, Dependent) and x.axes[0] != a for x in xs):
+        raise Mixing("a scan over a spatial axis and a non-spatial axis at once")
+    name = _name(ctx, eqn, "scan")
+    rev = p["reverse"]
+    shift = np.eye(n, k=1 if rev else -1, dtype=bool)
+    placed = [_place_init(c, a, n, n - 1 if rev else 0, name) for c in init]
+    xs_t = [
+        Dependent(x.state, x.axes[1:]) if isinstance(x, Dependent) else _per_step_constant()
+        for x in xs
+    ]
+    carry_in, first, prev = list(placed), None, None
+    for _ in range(n + 2):
+        if first is None:
+            outs = first = _walk(ctx, eqn, p["jaxpr"], list(consts) + carry_in + xs_t)
+        else:  # later walks only widen the dependence: their records and path merges are noise
+            outs = _quiet_walk(ctx, eqn, p["jaxpr"], list(consts) + carry_in + xs_t)
+        if prev is not None and all(same_value(u, v) for u, v in zip(prev, outs, strict=True)):
+            break
+        prev = outs
+        carry_in = [
+            _carry_in(ctx, eqn, c, o, a, shift, name)
+            for c, o in zip(placed, outs[:n_k], strict=True)
+        ]
+    cumulative = Window(n, 1, (0, n - 1) if rev else (n - 1, 0))
+    last_row = np.zeros((1, n), bool)
+    last_row[0, 0 if rev else n - 1] = True
+    result = []
+    for j, (o, f) in enumerate(zip(outs, first, strict=True)):
+        if not isinstance(o, Dependent):
+            result.append(_unevaluable("a scan output"))
+            continue
+        state = _scan_state(o, f, a, cumulative, name)
+        if j < n_k:
+            result.append(Dependent(pattern_through(state, a, last_row, name), o.axes))
+        else:
+            result.append(Dependent(state, (a,) + o.axes))
+    _record(ctx, result[-1].state, name, "scan")
+    return result
+
+
+def _per_step_constant() -> Constant:
+    def fail():
+        raise Mixing("a scan along a spatial axis whose body reads a per-step constant")
+
+    return Constant(fail)
 
 
 def while_loop(ctx, eqn, inputs):

@@ -222,3 +222,70 @@ def test_separable_contraction_that_transposes_the_grid():
     assert [rf.region(i, clip=True) for i in np.ndindex(2, 3)] == [
         ((a, a), (b, b)) for a, b in np.ndindex(2, 3)
     ]
+
+
+def conv_1d(x, k=3):
+    """A k-tap SAME convolution of an NWC map with 2 channels (weights all ones)."""
+    w = jnp.ones((k, x.shape[-1], x.shape[-1]))
+    return lax.conv_general_dilated(x, w, (1,), "SAME", dimension_numbers=("NWC", "WIO", "NWC"))
+
+
+def causal_recurrence(x, reverse=False):
+    """A 3-tap SAME conv, then an RNN along time: ``h_t = tanh(h_{t-1} W + y_t)``, outputs h."""
+    seq = jnp.moveaxis(conv_1d(x), 1, 0)  # (T, B, C)
+
+    def body(h, y_t):
+        h = jnp.tanh(h @ jnp.ones((2, 2)) + y_t)
+        return h, h
+
+    _, hs = lax.scan(body, jnp.zeros((1, 2)), seq, reverse=reverse)
+    return jnp.moveaxis(hs, 0, 1)
+
+
+X10 = jnp.zeros((1, 10, 2), jnp.float32)
+
+
+def test_causal_scan_along_time():
+    """Output ``t`` reads conv outputs ``0..t``, each reading ``[s - 1, s + 1]``: the region is
+    ``[0, t + 1]`` clipped to ``[0, 9]``. Distill's numbers are those of a cumulative sum after
+    the conv: size ``3 + 9 = 12``, padding ``1 + 9 = 10``."""
+    rf, analytic, measured = both_sides(causal_recurrence, X10, [(t,) for t in range(10)])
+    expected = [((0, min(t + 1, 9)),) for t in range(10)]
+    assert analytic == expected
+    assert measured == expected
+    assert rf.size == (12,) and rf.padding == (10,) and rf.stride == (1,)
+
+
+def test_reverse_scan_along_time():
+    """``reverse=True``: output ``t`` reads the suffix of steps ``t..9``: ``[t - 1, 9]`` clipped."""
+
+    def net(x):
+        return causal_recurrence(x, reverse=True)
+
+    rf, analytic, measured = both_sides(net, X10, [(t,) for t in range(10)])
+    expected = [((max(t - 1, 0), 9),) for t in range(10)]
+    assert analytic == expected
+    assert measured == expected
+
+
+def test_scan_over_image_rows_with_a_conv_along_columns():
+    """Rows of an 8x8 map scanned top to bottom: ``h_t = conv3_W(h_{t-1} + x_t)``. Row ``s``
+    reaches output row ``t >= s`` through ``t - s + 1`` convs along W, so output ``(t, j)``
+    reads rows ``[0, t]`` and columns ``[j - t - 1, j + t + 1]`` (row 0's), clipped."""
+
+    def net(x):
+        rows = jnp.moveaxis(x, 1, 0)  # (H, B, W, C)
+
+        def body(h, x_t):
+            h = conv_1d(h + x_t)
+            return h, h
+
+        _, hs = lax.scan(body, jnp.zeros((1, 8, 2)), rows)
+        return jnp.moveaxis(hs, 0, 1)
+
+    x = jnp.zeros((1, 8, 8, 2), jnp.float32)
+    positions = [(0, 0), (0, 4), (3, 4), (7, 7), (5, 0)]
+    rf, analytic, measured = both_sides(net, x, positions)
+    expected = [((0, t), clip_box(j - t - 1, j + t + 1, 8)) for t, j in positions]
+    assert analytic == expected
+    assert measured == expected
