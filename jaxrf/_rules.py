@@ -38,7 +38,7 @@ class Flat:
 
     @property
     def spatial(self) -> tuple[int, ...]:
-        return tuple(p for p in self.parts if p is not None)
+        return tuple(p if isinstance(p, int) else p.axis for p in self.parts if p is not None)
 
 
 Label = int | Flat | None
@@ -96,10 +96,10 @@ def _spatial_windows(ctx, eqn, dep: Dependent, windows: Sequence[Window | None])
     for label, w in zip(dep.axes, windows, strict=True):
         if w is None or label is None:
             continue  # a window along batch or channels leaves the spatial field unchanged
-        if isinstance(label, Flat):
+        if not isinstance(label, int):
             if _trivial(w):
                 continue
-            raise Mixing(f"a window {w} along a flattened axis {label}")
+            raise Mixing(f"a window {w} along a flattened or split axis {label}")
         out[label] = w
         touched = touched or not _trivial(w)
     return tuple(out), touched
@@ -162,7 +162,7 @@ def _spatial_of(label: Label) -> tuple[int, ...]:
         return ()
     if isinstance(label, Flat):
         return label.spatial
-    return (label,)
+    return (label,) if isinstance(label, int) else (label.axis,)
 
 
 # ---------------------------------------------------------------------------------------
@@ -365,6 +365,10 @@ def reduction(ctx, eqn, inputs):
     if eqn.primitive.name == "reduce" and any(isinstance(v, Dependent) for v in inputs[-n_out:]):
         raise Mixing("the initial value depends on the input")
     dep = deps[0] if len(deps) == 1 else unify(ctx, eqn, deps, "merge")
+    if any(has_parts(dep.axes[p]) for p in axes):
+        state, labels = contract_digits(ctx, eqn, dep, axes, "global_" + eqn.primitive.name)
+        kept = tuple(lab for p, lab in enumerate(labels) if p not in axes)
+        return [Dependent(state, kept)] * n_out
     reduced = [a for p in axes for a in _spatial_of(dep.axes[p])]
     kept = tuple(lab for p, lab in enumerate(dep.axes) if p not in axes)
     if not reduced:
@@ -518,6 +522,10 @@ def dot_general(ctx, eqn, inputs):
             + tuple(labels[1][p] for p in free[1])
         )
         spatial = [a for lab in axes for a in _spatial_of(lab)]
+        dims = (contract, batch, free)
+        grouped = grouped_attention(ctx, eqn, both, labels, dims, out_axes)
+        if grouped is not None:
+            return grouped
         if contracted[0] or contracted[1] or len(spatial) != len(set(spatial)):
             # Attention (q k^T, then weights @ v): every output reads the whole input.
             name = ctx.layer_name(eqn, "attention")
@@ -532,6 +540,10 @@ def dot_general(ctx, eqn, inputs):
     if not contracted[k]:
         return [Dependent(dep.state, out_axes(labels))]
     pos = [p for p in contract[k] if labels[k][p] is not None]
+    if any(has_parts(labels[k][p]) for p in pos):
+        state, new = contract_digits(ctx, eqn, dep, pos, "dense")
+        cleared = [_clear(new, pos) if q == k else labels[q] for q in (0, 1)]
+        return [Dependent(state, out_axes(cleared))]
     if len(pos) != 1 or isinstance(labels[k][pos[0]], Flat):
         dims = (contract, batch, free)
         split = separable_contraction(ctx, eqn, dep, k, both[1 - k].value, labels, dims, out_axes)
@@ -738,6 +750,12 @@ def register_rule(name: str, rule: Rule | str) -> None:
 
 
 # Control flow, reversal, sorting, separable contractions: jaxrf._rules_grids.
+from ._rules_factor import (  # noqa: E402
+    contract_digits,
+    grouped_attention,
+    has_parts,
+)
+from ._rules_factor import reshape as reshape_digits  # noqa: E402
 from ._rules_grids import (  # noqa: E402 (the grid rules build on the helpers above)
     GRID_RULES,
     relabel_new_ones,
@@ -745,3 +763,4 @@ from ._rules_grids import (  # noqa: E402 (the grid rules build on the helpers a
 )
 
 RULES.update(GRID_RULES)
+RULES["reshape"] = reshape_digits
