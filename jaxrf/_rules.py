@@ -203,6 +203,9 @@ def conv(ctx, eqn, inputs):
         raise Mixing("only the kernel depends on the input")
     p = eqn.params
     lhs_spec, rhs_spec, out_spec = p["dimension_numbers"]
+    if has_parts(lhs.axes[lhs_spec[1]]):  # space-to-depth: the features hold sub-pixel digits
+        state, labels = contract_digits(ctx, eqn, lhs, [lhs_spec[1]], "space_to_depth")
+        lhs = Dependent(state, labels)
     kernel_shape = _shape(eqn.invars[1])
     rank = len(lhs_spec)
     windows: list[Window | None] = [None] * rank
