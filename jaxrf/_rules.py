@@ -162,6 +162,8 @@ def _spatial_of(label: Label) -> tuple[int, ...]:
         return ()
     if isinstance(label, Flat):
         return label.spatial
+    if hasattr(label, "grid"):  # prefix tokens + a grid (jaxrf._rules_tokens.Tokens)
+        return _spatial_of(label.grid)
     return (label,) if isinstance(label, int) else (label.axis,)
 
 
@@ -547,7 +549,7 @@ def dot_general(ctx, eqn, inputs):
         state, new = contract_digits(ctx, eqn, dep, pos, "dense")
         cleared = [_clear(new, pos) if q == k else labels[q] for q in (0, 1)]
         return [Dependent(state, out_axes(cleared))]
-    if len(pos) != 1 or isinstance(labels[k][pos[0]], Flat):
+    if len(pos) != 1 or not isinstance(labels[k][pos[0]], int):
         dims = (contract, batch, free)
         split = separable_contraction(ctx, eqn, dep, k, both[1 - k].value, labels, dims, out_axes)
         if split is not None:
@@ -764,6 +766,9 @@ from ._rules_grids import (  # noqa: E402 (the grid rules build on the helpers a
     relabel_new_ones,
     separable_contraction,
 )
+from ._rules_tokens import concat_tokens, slice_tokens  # noqa: E402
 
 RULES.update(GRID_RULES)
 RULES["reshape"] = reshape_digits
+RULES["concatenate"] = concat_tokens
+RULES["slice"] = slice_tokens

@@ -32,6 +32,7 @@ import numpy as np
 
 from ._field import GlobalReceptiveFieldWarning, pattern_through
 from ._rules import Dependent, Flat, Mixing
+from ._rules_tokens import Tokens, unwrap
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ def _atoms_of(label, n: int, state_shape):
     """``[(axis or None, digit k or None, sizes or None, size)]`` for one array axis."""
     if label is None:
         return [(None, None, None, n)]
+    label = unwrap(label)
     parts, sizes = (label.parts, label.sizes) if isinstance(label, Flat) else ((label,), (n,))
     out = []
     for part, size in zip(parts, sizes, strict=True):
@@ -68,6 +70,9 @@ def _read_atoms(x: Dependent, in_shape):
     owner: dict[int, int] = {}
     atoms = []
     for n, lab in zip(in_shape, x.axes, strict=True):
+        if isinstance(lab, Tokens):
+            atoms.append([("tokens", lab), n])
+            continue
         for axis, k, sizes, size in _atoms_of(lab, n, x.state.shape):
             if axis is None:
                 if size != 1:
@@ -89,6 +94,8 @@ def _split_into(atoms, out_shape, dec, owner):
         group, prod = [], 1
         while prod < m:
             fid, s = atoms[i]
+            if isinstance(fid, tuple) and prod * s != m:
+                raise Mixing("a reshape that splits or merges a token axis with prefix tokens")
             if prod * s <= m:
                 group.append(atoms[i])
                 prod, i = prod * s, i + 1
@@ -118,6 +125,9 @@ def _coarsen(groups, dec, owner):
             if f1 is None and f2 is None:
                 group[j : j + 2] = [[None, s1 * s2]]
                 continue
+            if isinstance(f1, tuple) or isinstance(f2, tuple):
+                j += 1
+                continue
             if f1 is not None and f2 is not None and owner[f1] == owner[f2]:
                 d = dec[owner[f1]]
                 if d.index(f2) == d.index(f1) + 1:
@@ -131,6 +141,8 @@ def _coarsen(groups, dec, owner):
 
 def _label(group, dec, owner, sizes_of):
     parts, sizes = [], []
+    if len(group) == 1 and isinstance(group[0][0], tuple):
+        return group[0][0][1]
     for fid, s in group:
         if fid is None:
             parts.append(None)
@@ -314,6 +326,8 @@ def grouped_attention(ctx, eqn, both, labels, dims, out_axes):
     else:
         return None
     both_labels = labels[0] + labels[1]
+    if in_batch and any(isinstance(lab, Tokens) for lab in both_labels):
+        return None
     if not _complete(group, in_batch, both_labels, shape):
         return None
     name = ctx.layer_name(eqn, "attention")
