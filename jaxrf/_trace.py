@@ -18,6 +18,7 @@ from jax._src import source_info_util
 from jax.extend import core as jex
 
 from ._field import FieldState, GlobalReceptiveFieldWarning, LayerRecord, ReceptiveField
+from ._nnx import nnx_names
 from ._rules import RULES, Constant, Dependent, Mixing, Rule, Value
 
 _CALLS = ("jaxpr", "call_jaxpr")
@@ -291,7 +292,8 @@ def receptive_field(
             f"`x` (={x!r}) must be an array or jax.ShapeDtypeStruct with a shape, e.g. "
             "jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)."
         )
-    closed = jax.make_jaxpr(fn)(x)
+    with nnx_names(fn):
+        closed = jax.make_jaxpr(fn)(x)
     jaxpr = closed.jaxpr
     if len(jaxpr.invars) != 1 or len(jaxpr.outvars) != 1:
         raise ValueError(
