@@ -71,14 +71,20 @@ def _global(ctx, eqn, inputs, why: str):
 
 
 def dangling(dep: Dependent) -> list[int]:
-    """Spatial axes of ``dep``'s map that have size 1 and sit on no array axis (reduced away)."""
+    """Spatial axes of ``dep``'s map that have size 1 and sit on no array axis (reduced away),
+    among the axes of input size above 1."""
     held = set()
     for lab in dep.axes:
         if isinstance(lab, Flat):
             held |= set(lab.spatial)
         elif lab is not None:
             held.add(lab)
-    return [a for a, n in enumerate(dep.state.shape) if n == 1 and a not in held]
+    n_input = [m.shape[1] for m in dep.state.terms[0]]
+    return [
+        a
+        for a, n in enumerate(dep.state.shape)
+        if n == 1 and a not in held and n_input[a] > 1  # an input of size 1 has nothing to move
+    ]
 
 
 def relabel_new_ones(dep: Dependent, axes, out_shape, new) -> tuple:
