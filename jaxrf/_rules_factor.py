@@ -168,6 +168,10 @@ def reshape(ctx, eqn, inputs):
     if eqn.params.get("dimensions") is not None:
         raise Mixing("reshape with a dimension permutation")
     in_shape, out_shape = tuple(eqn.invars[0].aval.shape), tuple(eqn.outvars[0].aval.shape)
+    moved = [n for n in in_shape if n != 1] != [n for n in out_shape if n != 1]
+    if moved and any(n == 1 and lab is not None for n, lab in zip(in_shape, x.axes, strict=True)):
+        # its size-1 digit could land on any output axis (a pixel shuffle of a 1x1 map)
+        raise Mixing(f"a reshape {in_shape} -> {out_shape} of a map with a size-1 spatial axis")
     atoms, dec, owner = _read_atoms(x, in_shape)
     groups = _split_into(atoms, out_shape, dec, owner)
     _coarsen(groups, dec, owner)

@@ -231,3 +231,10 @@ def test_reshape_that_cuts_a_factor_unevenly_raises():
     """(1, 6, 4, 1) -> (1, 4, 6, 1) regroups rows and columns unevenly: not a digit move."""
     with pytest.raises(TypeError, match="cuts a factor"):
         jaxrf.receptive_field(lambda v: v.reshape(1, 4, 6, 1), jnp.zeros((1, 6, 4, 1)))
+
+
+def test_pixel_shuffle_of_a_one_pixel_map_raises():
+    """On a 1x1 map the size-1 spatial axes cannot be followed through the shuffle's reshape
+    (their digit could land on any axis): raising beats a wrong (1, 1) output shape."""
+    with pytest.raises(TypeError, match="size-1 spatial axis"):
+        jaxrf.receptive_field(pixel_shuffle, jnp.zeros((1, 1, 1, 4)))
