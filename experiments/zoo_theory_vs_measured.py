@@ -284,8 +284,9 @@ def write(csv_path, rows) -> None:
             "measured unit: the centre at the reference input (toys, today's local families); "
             "the corner (0, 0) at the smallest input where its clipped region is smaller than "
             "the image (ImageNet-scale nets, DeepLab); the only unit of a global network",
-            "whole-image rows (clipped region = the whole image on some axis): "
-            f"{len(whole)} {whole} (global by design: a ViT's CLS token attends to every patch)",
+            "whole-image rows (clipped region = the whole image on some axis"
+            + (f"; {', '.join(whole)}: global by design" if whole else "")
+            + f"): {len(whole)}",
             f"luo_dropout: dropout 0.5 active, {DROPOUT_MASKS} masks per input; luo_relu is "
             "the same stack and weights without dropout",
         ],

@@ -8,8 +8,10 @@ gather indices). Rules are only called when at least one input is :class:`Depend
 
 Array axes are labelled: ``None`` (batch, channels, any axis the receptive field does not
 vary along), an ``int`` (that spatial axis of the network input), or :class:`Flat` (several
-axes flattened into one, as in a (B, H*W, C) token sequence). The label functions
-(``*_axes``) are shared with layout detection through the registry.
+axes flattened into one, as in a (B, H*W, C) token sequence), whose factors may be digits of a
+split axis (``Part``, :mod:`jaxrf._rules_factor`: window partitions, pixel shuffles), or
+``Tokens`` (prefix tokens in front of a flattened grid, :mod:`jaxrf._rules_tokens`). The label
+functions (``*_axes``) are shared with layout detection through the registry.
 """
 
 from __future__ import annotations
