@@ -15,7 +15,10 @@ The comparison can fail only where the clipped region is smaller than the image,
 is measured there (the CSV's ``whole_image`` column says so per row, a note counts them): the
 toys at their reference input (16 to 64 px), centre unit; the ImageNet-scale nets and DeepLab,
 whose RFs (195 to 1507 px) exceed any affordable image, at the corner unit ``(0, 0)`` of the
-smallest input whose corner region ``[0, r - 1 - P]`` leaves part of the image out.
+smallest input whose corner region ``[0, r - 1 - P]`` leaves part of the image out. Today's
+families (Swin, MaxViT, the PixelShuffle decoder, the ``nn.scan`` stack) are local and measured
+like the toys; the ViT with registers is global by design (its CLS token attends to every
+patch), so its only unit reads the whole image and its row is a whole-image row on purpose.
 
 ``luo_dropout``'s ERF is measured with dropout active (rate 0.5) and ``DROPOUT_MASKS`` masks per
 input, so it averages over masks as in training; ``luo_relu`` is the same stack with the same
@@ -53,6 +56,16 @@ def _smaller_than_image(region, side: int) -> bool:
     return region is not None and all(hi - lo + 1 < side for lo, hi in region)
 
 
+def _as_map(fn):
+    """``fn`` with a (batch, features) output (a ViT's CLS features) seen as a 1x1 map."""
+
+    def mapped(x):
+        y = fn(x)
+        return y.reshape(y.shape[0], 1, 1, y.shape[1]) if y.ndim == 2 else y
+
+    return mapped
+
+
 def _trace(fn, side: int, channels: int):
     shape = jax.ShapeDtypeStruct((1, side, side, channels), jnp.float32)
     return jaxrf.receptive_field(fn, shape)
@@ -62,13 +75,17 @@ def measurement_point(entry, fn, ref):
     """Input side, output unit and its clipped region, chosen so that theory can fail.
 
     The toys (reference input under 128 px) are measured at their reference input, at the
-    centre unit. The ImageNet-scale nets and DeepLab have RFs (195 to 1507 px) larger than any
-    affordable image, so they are measured at the corner unit ``(0, 0)``: its clipped region is
-    ``[0, r - 1 - P]`` per axis, and the side is the smallest (from ``r - P + 1``, in steps of
-    ``SIDE_STEP``) at which that region is smaller than the image on both axes.
+    centre unit; a global network (every output reads the whole input) at its reference input
+    and its first unit. The ImageNet-scale nets and DeepLab have RFs (195 to 1507 px) larger
+    than any affordable image, so they are measured at the corner unit ``(0, 0)``: its clipped
+    region is ``[0, r - 1 - P]`` per axis, and the side is the smallest (from ``r - P + 1``, in
+    steps of ``SIDE_STEP``) at which that region is smaller than the image on both axes.
     """
     channels = entry.input_shape[-1]
     side = entry.input_shape[1]
+    if ref.is_global:  # global by design (a ViT's CLS token): the whole image, on purpose
+        index = (0,) * len(ref.output_shape)
+        return side, ref, index, ref.region(index, clip=True), "global"
     corner = side >= 128
     if corner:
         side = max(r - p + 1 for r, p in zip(ref.size, ref.padding, strict=True))
@@ -87,7 +104,7 @@ def measure_erf(entry, shape, index, samples: int, seed: int):
     """The ERF, with dropout active and ``DROPOUT_MASKS`` masks for a net that has dropout."""
     xs = jax.random.normal(jax.random.key(seed + 1), (samples, *shape[1:]))
     if not entry.options.get("dropout"):
-        fn = entry.build(jax.random.key(seed))
+        fn = _as_map(entry.build(jax.random.key(seed)))
         return jaxrf.effective_receptive_field(fn, xs, index, progress=False)
     module = entry.model(deterministic=False)
     variables = entry.init(jax.random.key(seed))
@@ -119,7 +136,7 @@ def _box(box) -> str:
 def analyse(name: str, samples: int, seed: int = 0) -> dict:
     started = time.perf_counter()
     entry = jaxrf.models.get(name)
-    fn = entry.build(jax.random.key(seed))
+    fn = _as_map(entry.build(jax.random.key(seed)))
     ref = _trace(fn, entry.input_shape[1], entry.input_shape[-1])
     n, rf, index, clipped, unit = measurement_point(entry, fn, ref)
     shape = (1, n, n, entry.input_shape[-1])
@@ -195,8 +212,10 @@ def caption(meta: dict, samples: str) -> str:
         "RF / S / P: theoretical size, effective stride and effective padding traced at the "
         "zoo's reference input (224x224 for the ImageNet nets); '= published' compares them "
         "with Araujo et al.'s table or a hand derivation. At the measurement input: the unit's "
-        "clipped theoretical region (centre unit for the toys, corner unit (0, 0) for the "
-        "ImageNet-scale nets and DeepLab; smaller than the image in every row) vs the measured "
+        "clipped theoretical region (centre unit for the toys and today's local families, "
+        "corner unit (0, 0) for the ImageNet-scale nets and DeepLab; smaller than the image in "
+        "every row but the ViT's, global by design: its CLS token attends to every patch) vs "
+        "the measured "
         "structural support box; ERF "
         f"(mean |input gradient| over {samples} standard-normal inputs, random weights, never "
         "trained): "
@@ -250,6 +269,30 @@ def latex(rows, meta) -> str:
     return "\n".join(lines)
 
 
+def write(csv_path, rows) -> None:
+    """The CSV with its provenance notes (the count of whole-image rows among them)."""
+    whole = [r["network"] for r in rows if r["whole_image"] in (True, "True")]
+    _common.write_csv(
+        csv_path,
+        rows,
+        __file__,
+        "theory vs measured for the zoo (Araujo et al. 2019 table; Luo et al. 2016 ERF; "
+        "Ding et al. 2022 area ratios)",
+        [
+            "weights: random (zoo fixed-seed He-normal fill, batch norm at identity; "
+            "luo_uniform analytically set), never trained; inputs synthetic standard normal",
+            "measured unit: the centre at the reference input (toys, today's local families); "
+            "the corner (0, 0) at the smallest input where its clipped region is smaller than "
+            "the image (ImageNet-scale nets, DeepLab); the only unit of a global network",
+            "whole-image rows (clipped region = the whole image on some axis"
+            + (f"; {', '.join(whole)}: global by design" if whole else "")
+            + f"): {len(whole)}",
+            f"luo_dropout: dropout 0.5 active, {DROPOUT_MASKS} masks per input; luo_relu is "
+            "the same stack and weights without dropout",
+        ],
+    )
+
+
 def main(argv=None) -> None:
     args = _common.parse_args(__doc__, argv)
     stem = args.out_dir / "zoo_theory_vs_measured"
@@ -261,24 +304,7 @@ def main(argv=None) -> None:
         for name in tqdm(names, desc="zoo", unit="net"):
             rows.append(analyse(name, samples))
             tqdm.write(f"{name}: {rows[-1]['seconds']} s")
-        whole = sum(r["whole_image"] for r in rows)
-        _common.write_csv(
-            csv_path,
-            rows,
-            __file__,
-            "theory vs measured for the zoo (Araujo et al. 2019 table; Luo et al. 2016 ERF; "
-            "Ding et al. 2022 area ratios)",
-            [
-                "weights: random (zoo fixed-seed He-normal fill, batch norm at identity; "
-                "luo_uniform analytically set), never trained; inputs synthetic standard normal",
-                "measured unit: the centre at the reference input (toys); the corner (0, 0) at "
-                "the smallest input where its clipped region is smaller than the image "
-                "(ImageNet-scale nets, DeepLab)",
-                f"whole-image rows (clipped region = the whole image on some axis): {whole}",
-                f"luo_dropout: dropout 0.5 active, {DROPOUT_MASKS} masks per input; luo_relu is "
-                "the same stack and weights without dropout",
-            ],
-        )
+        write(csv_path, rows)
     meta, rows = _common.read_csv(csv_path)
     stem.with_suffix(".md").write_text(markdown(rows, meta))
     stem.with_suffix(".tex").write_text(latex(rows, meta))

@@ -4,7 +4,8 @@ An :class:`Entry` states, for one primitive:
 
 * ``interval``: the analytic rule (:mod:`jaxrf._rules`), ``rule(ctx, eqn, inputs)``;
 * ``structural``: the surrogate of the structural rewrite (:mod:`jaxrf._structural`),
-  ``surrogate(eqn, vals) -> outputs``, or ``"bilinear"`` / ``"cond"`` (handled there);
+  ``surrogate(eqn, vals) -> outputs``, or ``"bilinear"`` / ``"cond"`` / ``"scan"`` /
+  ``"while"`` (handled there; the loops are unrolled by :mod:`jaxrf._structural_loops`);
 * ``layout``: how the primitive carries the layout, for reading the spatial axes of an input
   from the program: ``"same"`` (the outputs hold the same axes as the first tracked operand,
   when the rank is kept), ``"conv"`` (the spatial axes are read here), or ``fn(eqn, axes) ->
@@ -64,6 +65,9 @@ from dataclasses import dataclass, replace
 from . import _lowering as L
 from . import _prune as P
 from . import _rules as R
+from . import _rules_factor as F
+from . import _rules_grids as G
+from . import _rules_tokens as T
 from . import _structural as S
 
 
@@ -124,7 +128,7 @@ REGISTRY: dict[str, Entry] = {
     "reduce_window": Entry(R.reduce_window, S.window_sum_surrogate, "same"),
     "reduce_window_sum": Entry(R.reduce_window, S.keep_surrogate, "same", cone=P.window_cone(0)),
     "pad": Entry(R.pad, S.keep_surrogate, "same"),
-    "slice": Entry(R.slice_, S.keep_surrogate, "same"),
+    "slice": Entry(T.slice_tokens, S.keep_surrogate, "same"),
     "dynamic_slice": Entry(R.dynamic_slice, S.keep_surrogate, "same", None, lambda n: range(1, n)),
     "split": Entry(R.split, S.keep_surrogate, "same"),
     "cumsum": Entry(R.cumulative, S.keep_surrogate, "same"),
@@ -133,7 +137,7 @@ REGISTRY: dict[str, Entry] = {
         Entry(R.cumulative, S.cumsum_surrogate, "same"),
     ),
     # Merges and reductions.
-    "concatenate": Entry(R.concatenate, S.keep_surrogate, cone=P.concatenate_cone),
+    "concatenate": Entry(T.concat_tokens, S.keep_surrogate, cone=P.concatenate_cone),
     "reduce_sum": Entry(R.reduction, S.keep_surrogate, cone=P.reduction_cone),
     **dict.fromkeys(_TO_SUM, Entry(R.reduction, S.sum_reduction_surrogate, cone=P.reduction_cone)),
     "reduce": Entry(R.reduction),
@@ -144,24 +148,26 @@ REGISTRY: dict[str, Entry] = {
     "broadcast_in_dim": Entry(
         R.broadcast_in_dim, S.keep_surrogate, R.broadcast_layout, cone=P.broadcast_cone
     ),
-    "reshape": Entry(R.reshape, S.keep_surrogate, R.reshape_axes),
+    "reshape": Entry(F.reshape, S.keep_surrogate, R.reshape_axes),
+    "rev": Entry(G.rev, S.keep_surrogate, "same"),
     # Contractions and lookups.
     "dot_general": Entry(R.dot_general, "bilinear"),
     "gather": Entry(R.gather, S.keep_surrogate, None, None, lambda n: (1,)),
+    "sort": Entry(G.sort, S.sort_surrogate),
     # Structural only (see STRUCTURAL_ONLY).
-    "rev": Entry(None, S.keep_surrogate),
     "dynamic_update_slice": Entry(None, S.keep_surrogate, None, None, lambda n: range(2, n)),
     "scatter-add": Entry(None, S.keep_surrogate, None, None, lambda n: (1,)),
     **dict.fromkeys(_SCATTERS, Entry(None, S.scatter_add_surrogate, None, None, lambda n: (1,))),
-    "sort": Entry(None, S.sort_surrogate),
     # Containers.
     **{name: _container("jaxpr", "inline") for name in ("jit", "pjit")},
     **{name: _container("call_jaxpr", "inline") for name in ("closed_call", "core_call")},
     **dict.fromkeys(["custom_jvp_call", "custom_vjp_call"], _container("call_jaxpr")),
     "custom_vjp_call_jaxpr": _container("fun_jaxpr"),
     **dict.fromkeys(["remat", "remat2", "checkpoint"], _container("jaxpr")),
-    "cond": Entry(structural="cond", container=("branches",)),
-    # scan / while: Entry(interval=..., structural=..., container=("jaxpr",)) here.
+    # Containers whose rule walks the sub-programs itself.
+    "cond": Entry(G.cond, "cond", container=("branches",)),
+    "scan": Entry(G.scan, "scan", container=("jaxpr",)),
+    "while": Entry(G.while_loop, "while", container=("cond_jaxpr", "body_jaxpr")),
 }
 
 #: Primitives only the analytic side handles, and why.
@@ -170,12 +176,9 @@ ANALYTIC_ONLY = {
 }
 #: Primitives only the structural side handles, and why.
 STRUCTURAL_ONLY = {
-    "rev": "reversal is not a window: no interval rule yet",
     "dynamic_update_slice": "an overwrite: no interval rule yet",
     "scatter-add": "data-dependent placement: no interval rule",
     **dict.fromkeys(_SCATTERS, "data-dependent placement: no interval rule"),
-    "sort": "reads the whole sorted line: no interval rule yet",
-    "cond": "branches: no interval rule yet",
 }
 
 _KINDS = {"elementwise": ELEMENTWISE, "global": GLOBAL, "identity": IDENTITY}

@@ -8,8 +8,10 @@ gather indices). Rules are only called when at least one input is :class:`Depend
 
 Array axes are labelled: ``None`` (batch, channels, any axis the receptive field does not
 vary along), an ``int`` (that spatial axis of the network input), or :class:`Flat` (several
-axes flattened into one, as in a (B, H*W, C) token sequence). The label functions
-(``*_axes``) are shared with layout detection through the registry.
+axes flattened into one, as in a (B, H*W, C) token sequence), whose factors may be digits of a
+split axis (``Part``, :mod:`jaxrf._rules_factor`: window partitions, pixel shuffles), or
+``Tokens`` (prefix tokens in front of a flattened grid, :mod:`jaxrf._rules_tokens`). The label
+functions (``*_axes``) are shared with layout detection through the registry.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ class Flat:
 
     @property
     def spatial(self) -> tuple[int, ...]:
-        return tuple(p for p in self.parts if p is not None)
+        return tuple(p if isinstance(p, int) else p.axis for p in self.parts if p is not None)
 
 
 Label = int | Flat | None
@@ -142,10 +144,10 @@ def _spatial_windows(ctx, dep: Dependent, windows: Sequence[Window | None]):
     for label, w in zip(dep.axes, windows, strict=True):
         if w is None or label is None:
             continue  # a window along batch or channels leaves the spatial field unchanged
-        if isinstance(label, Flat):
+        if not isinstance(label, int):
             if _trivial(w):
                 continue
-            raise Mixing(f"a window {w} along a flattened axis {label}")
+            raise Mixing(f"a window {w} along a flattened or split axis {label}")
         out[label] = w
         touched = touched or not _trivial(w)
     return tuple(out), touched
@@ -175,6 +177,14 @@ def _merged_labels(deps: Sequence[Dependent]) -> list[Label]:
     labels: list[Label] = []
     for p in range(ndim_out):
         found = {d.axes[p] for d in deps if len(d.axes) == ndim_out and d.axes[p] is not None}
+        if len(found) > 1:  # a label on a size-1 map axis is broadcast, not a conflict
+            found = {
+                d.axes[p]
+                for d in deps
+                if len(d.axes) == ndim_out
+                and d.axes[p] is not None
+                and any(d.state.shape[a] != 1 for a in _spatial_of(d.axes[p]))
+            } or found
         if len(found) > 1:
             raise Mixing(f"array axis {p} holds different spatial axes {sorted(map(str, found))}")
         labels.append(found.pop() if found else None)
@@ -207,7 +217,9 @@ def _spatial_of(label: Label) -> tuple[int, ...]:
         return ()
     if isinstance(label, Flat):
         return label.spatial
-    return (label,)
+    if hasattr(label, "grid"):  # prefix tokens + a grid (jaxrf._rules_tokens.Tokens)
+        return _spatial_of(label.grid)
+    return (label,) if isinstance(label, int) else (label.axis,)
 
 
 # ---------------------------------------------------------------------------------------
@@ -252,6 +264,10 @@ def conv(ctx, eqn, inputs):
         raise Mixing("only the kernel depends on the input")
     p = eqn.params
     lhs_spec, rhs_spec, out_spec = p["dimension_numbers"]
+    s2d = Result(())
+    if has_parts(lhs.axes[lhs_spec[1]]):  # space-to-depth: the features hold sub-pixel digits
+        s2d = contract_digits(ctx, lhs, [lhs_spec[1]], "space_to_depth")
+        lhs = s2d.outputs[0]
     kernel_shape = _shape(eqn.invars[1])
     rank = len(lhs_spec)
     windows: list[Window | None] = [None] * rank
@@ -269,7 +285,8 @@ def conv(ctx, eqn, inputs):
     for k in (0, 1):
         if lhs.axes[lhs_spec[k]] is not None:
             raise Mixing(f"the convolution's batch or feature axis holds {lhs.axes[lhs_spec[k]]}")
-    return through(ctx, lhs, windows, axes, "conv", layer=True)
+    res = through(ctx, lhs, windows, axes, "conv", layer=True)
+    return Result.join(res.outputs, s2d, res)
 
 
 def conv_spatial(eqn, axes):
@@ -428,6 +445,10 @@ def reduction(ctx, eqn, inputs):
     generic = eqn.primitive.name == "reduce"
     merged = _merge_operands(ctx, eqn, inputs, len(inputs) - (n_out if generic else 0), generic)
     (dep,) = merged.outputs
+    if any(has_parts(dep.axes[p]) for p in axes):
+        res = contract_digits(ctx, dep, axes, "global_" + eqn.primitive.name)
+        kept = tuple(lab for p, lab in enumerate(res.outputs[0].axes) if p not in axes)
+        return Result.join([Dependent(res.outputs[0].state, kept)] * n_out, merged, res)
     reduced = [a for p in axes for a in _spatial_of(dep.axes[p])]
     kept = tuple(lab for p, lab in enumerate(dep.axes) if p not in axes)
     if not reduced:
@@ -472,7 +493,15 @@ def _labels_only(axes_fn):
 
 transpose = _labels_only(transpose_axes)
 squeeze = _labels_only(squeeze_axes)
-expand_dims = _labels_only(expand_dims_axes)
+
+
+def expand_dims(ctx, eqn, inputs):
+    """``expand_dims``: new unlabelled axes; a new size-1 axis takes back a spatial axis a
+    reduction removed (see :func:`jaxrf._rules_grids.relabel_new_ones`)."""
+    x = inputs[0]
+    axes = expand_dims_axes(eqn, x.axes)
+    new = sorted(d % len(axes) for d in eqn.params["dimensions"])
+    return [Dependent(x.state, relabel_new_ones(x, axes, _shape(eqn.outvars[0]), new))]
 
 
 def broadcast_axes(eqn, axes, stretchable=lambda label: False):
@@ -507,7 +536,9 @@ def broadcast_in_dim(ctx, eqn, inputs):
     if stretched:
         target = tuple(stretched.get(a, n) for a, n in enumerate(state.shape))
         state = broadcast_state(state, target, ctx.name("broadcast"))
-    return [Dependent(state, axes)]
+    shape = eqn.params["shape"]
+    new = [p for p in range(len(shape)) if p not in eqn.params["broadcast_dimensions"]]
+    return [Dependent(state, relabel_new_ones(Dependent(state, axes), axes, shape, new))]
 
 
 def _reshape_group(items, out_shape, outs, i, j):
@@ -540,7 +571,8 @@ def _flatten(group):
 
 
 def reshape_axes(eqn, axes):
-    """Reshapes that keep spatial axes whole: flattening (H, W) into tokens and back."""
+    """Layout of a reshape that keeps spatial axes whole: flattening (H, W) into tokens and
+    back. (The interval rule, :func:`jaxrf._rules_factor.reshape`, also follows splits.)"""
     if eqn.params.get("dimensions") is not None:
         raise Mixing("reshape with a dimension permutation")
     in_shape, out_shape = _shape(eqn.invars[0]), _shape(eqn.outvars[0])
@@ -561,9 +593,6 @@ def reshape_axes(eqn, axes):
         else:
             raise Mixing(f"reshape {in_shape} -> {out_shape} splits spatial axes {parts}")
     return tuple(out)
-
-
-reshape = _labels_only(reshape_axes)
 
 
 # ---------------------------------------------------------------------------------------
@@ -617,7 +646,15 @@ def dot_general(ctx, eqn, inputs):
     pos = [p for p in dot.contract[k] if labels[k][p] is not None]
     if not pos:
         return [Dependent(inputs[k].state, dot.out_axes(labels))]
-    if len(pos) != 1 or isinstance(labels[k][pos[0]], Flat):
+    if any(has_parts(labels[k][p]) for p in pos):  # a dense layer over digits of axes
+        res = contract_digits(ctx, inputs[k], pos, "dense")
+        (dep,) = res.outputs
+        cleared = [_clear(dep.axes, pos) if q == k else labels[q] for q in (0, 1)]
+        return Result.join([Dependent(dep.state, dot.out_axes(cleared))], res)
+    if len(pos) != 1 or not isinstance(labels[k][pos[0]], int):
+        split = separable_contraction(ctx, dot, inputs[k], k, inputs[1 - k].value, labels)
+        if split is not None:
+            return split
         return _dot_dense(ctx, dot, inputs[k], k, labels, pos)
     return _dot_resize(ctx, eqn, dot, inputs, k, labels, pos[0])
 
@@ -632,6 +669,9 @@ def _dot_both(ctx, dot: _Dot, inputs, labels):
     ]
     axes = dot.out_axes(labels, merged)
     spatial = [a for lab in axes for a in _spatial_of(lab)]
+    grouped = grouped_attention(ctx, dot, inputs, labels)
+    if grouped is not None:
+        return grouped
     contracted = any(labels[k][p] is not None for k in (0, 1) for p in dot.contract[k])
     if contracted or len(spatial) != len(set(spatial)):
         name = ctx.name("attention")
@@ -781,3 +821,9 @@ def global_outputs(ctx, eqn, inputs) -> Result:
 def treat_as_global(ctx, eqn, inputs):
     """Every output reads the whole input (``register_rule(name, "global")``)."""
     return global_outputs(ctx, eqn, list(inputs))
+
+
+# Digits of split axes, size-1 axes that come back, separable contractions (they build on the
+# helpers above).
+from ._rules_factor import contract_digits, grouped_attention, has_parts  # noqa: E402
+from ._rules_grids import relabel_new_ones, separable_contraction  # noqa: E402

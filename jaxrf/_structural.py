@@ -28,7 +28,8 @@ every operand element the original reads:
 The surrogate is pulled back with ``jax.vjp`` (JAX's own transposes, XLA's convolution
 arithmetic, not interval rules), and the cotangent is binarised (``> 0 -> 1``) after every
 operation, so depth cannot underflow or overflow it. Containers (``jit``, ``custom_jvp_call``,
-``custom_vjp_call``, ``closed_call``, ``remat``, ``cond``) are walked recursively.
+``custom_vjp_call``, ``closed_call``, ``remat``, ``cond``) are walked recursively;
+``scan`` and ``while`` are unrolled (:mod:`jaxrf._structural_loops`).
 """
 
 from __future__ import annotations
@@ -264,6 +265,10 @@ class _Rewriter:
             return [Dep(None if out is None else binarize(out))]
         if surrogate == "cond":
             return self.cond(eqn, vals, site)
+        if surrogate in ("scan", "while"):
+            from ._structural_loops import LOOPS
+
+            return LOOPS[surrogate](self, eqn, vals, site)
         if any(isinstance(vals[i], Dep) for i in index_operands(eqn)):
             surrogate = global_surrogate  # data-dependent indexing
         if self.planning:

@@ -18,6 +18,7 @@ from jax.extend import core as jex
 
 from . import _registry
 from ._field import FieldState, GlobalReceptiveFieldWarning, LayerRecord, ReceptiveField
+from ._nnx import nnx_names
 from ._rules import (
     Constant,
     Context,
@@ -303,4 +304,5 @@ def trace(fn, x) -> jex.ClosedJaxpr:
             f"`x` (={x!r}) must be an array or jax.ShapeDtypeStruct with a shape, e.g. "
             "jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)."
         )
-    return jax.make_jaxpr(fn)(x)
+    with nnx_names(fn):
+        return jax.make_jaxpr(fn)(x)

@@ -161,7 +161,7 @@ def test_broadcast_of_a_pixel_then_pad():
 
 
 # ---------------------------------------------------------------------------------------
-# Open: a spatial reduction with keepdims, then a pad along the reduced axis.
+# Fixed: a spatial reduction with keepdims, then a pad along the reduced axis.
 # ---------------------------------------------------------------------------------------
 
 
@@ -169,27 +169,23 @@ def mean_keepdims_then_pad(x):
     return x * pad1(jnp.mean(x, axis=1, keepdims=True), 0, 5)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="reduce_sum drops the reduced spatial axis and broadcast_in_dim (keepdims) brings "
-    "it back unlabelled, so a pad/crop/window along it is not followed and the merge "
-    "broadcasts the global field to every position: needs the reduction to keep a size-1 "
-    "labelled axis through keepdims (a design change in _rules.py, not a one-rule fix)",
-)
 def test_global_mean_keepdims_then_pad():
     """``g`` = mean over the 6 pixels with ``keepdims``, padded by ``(0, 5)``; ``x * g``.
 
     Hand derivation: ``g[0]`` reads ``{0..5}``, ``g[1..5]`` are padding. Output ``0`` reads
     everything: ``(0, 5)``; output ``i >= 1`` reads ``{i}``: ``(i, i)``. The structural side
-    measures exactly this; the analytic side answers ``(0, 5)`` at every position.
+    measures exactly this; the analytic side answered ``(0, 5)`` at every position.
+    Fix: the reduced spatial axis keeps size 1 in the field state, and the ``broadcast_in_dim``
+    that brings back a size-1 array axis (keepdims) gives it that label again.
     """
     expected = [((0, 5),)] + [((i, i),) for i in range(1, 6)]
     assert measured_boxes(mean_keepdims_then_pad, X6) == expected
-    assert analytic_boxes(mean_keepdims_then_pad, X6) == expected
+    with pytest.warns(jaxrf.GlobalReceptiveFieldWarning, match="merges a global branch"):
+        assert analytic_boxes(mean_keepdims_then_pad, X6) == expected
 
 
 # ---------------------------------------------------------------------------------------
-# Open: a separable resize of two axes contracted in ONE dot_general.
+# Fixed: a separable resize of two axes contracted in ONE dot_general.
 # ---------------------------------------------------------------------------------------
 
 
@@ -197,13 +193,6 @@ def resize_one_pixel_to_2x2(x):
     return jax.image.resize(x, (1, 2, 2, 3), "cubic", antialias=False)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="for tiny maps jax.image.resize's einsum contracts both spatial axes with one "
-    "outer-product constant (dot_general with two contracting spatial dims); the dot_general "
-    "rule treats that as a dense layer and drops both axis labels, so the output shape is "
-    "wrong ((1, 1) instead of (2, 2)): needs the rule to split a separable pattern per axis",
-)
 def test_separable_resize_in_one_contraction():
     """A 1x1 map (3 channels) resized to 2x2 (cubic, no antialiasing).
 
@@ -215,7 +204,9 @@ def test_separable_resize_in_one_contraction():
     Hand derivation: output ``i`` on each axis samples input coordinate ``(i + 1/2)/2 - 1/2``
     = -1/4 or 1/4; the cubic kernel is nonzero at distance 1/4 from pixel 0, the only pixel.
     So all four outputs read pixel ``(0, 0)``: output shape (2, 2), every box
-    ``((0, 0), (0, 0))``.
+    ``((0, 0), (0, 0))``. Fix: the constant's nonzero pattern is split into one ``(n_out,
+    n_in)`` pattern per contracted spatial axis when it is their outer product (and the
+    contraction raises when it is not).
     """
     x = jnp.zeros((1, 1, 1, 3), jnp.float32)
     expected = [((0, 0), (0, 0))] * 4

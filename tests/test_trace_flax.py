@@ -80,5 +80,49 @@ def test_nnx_net():
     rf = jaxrf.receptive_field(model, jax.ShapeDtypeStruct((1, 16, 16, 3), jnp.float32))
     # conv1 3x3 SAME: r 3, P 1; conv2 3x3 s2 SAME at 16: pad (0, 1): r 3 + 2 = 5, S 2, P 1
     assert (rf.size, rf.stride, rf.padding, rf.output_shape) == ((5, 5), (2, 2), (1, 1), (8, 8))
-    # NNX puts nothing on the name stack: records fall back to op names
-    assert [r.name for r in rf.layers] == ["conv0", "conv1"]
+    # NNX puts nothing on the name stack; jaxrf names the layers by their module paths
+    assert [r.name for r in rf.layers] == ["conv1", "conv2"]
+
+
+class NNXBlock(nnx.Module):
+    def __init__(self, rngs):
+        self.conv1 = nnx.Conv(2, 2, (3, 3), rngs=rngs)
+        self.conv2 = nnx.Conv(2, 2, (3, 3), rngs=rngs)
+
+    def __call__(self, x):
+        return x + self.conv2(nnx.relu(self.conv1(x)))
+
+
+class NNXStack(nnx.Module):
+    def __init__(self, rngs):
+        self.stem = nnx.Conv(3, 2, (3, 3), rngs=rngs)
+        self.blocks = nnx.List([NNXBlock(rngs), NNXBlock(rngs)])
+
+    def __call__(self, x):
+        x = self.stem(x)
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+def test_nnx_module_paths_in_a_nested_model():
+    """Layers are named by their paths in the module graph, called directly or in a lambda;
+    the patched ``__call__`` methods are restored afterwards."""
+    model = NNXStack(nnx.Rngs(0))
+    x = jax.ShapeDtypeStruct((1, 16, 16, 3), jnp.float32)
+    expected = [
+        ("stem", "conv"),
+        ("blocks.0.conv1", "conv"),
+        ("blocks.0.conv2", "conv"),
+        ("blocks.0", "add"),
+        ("blocks.1.conv1", "conv"),
+        ("blocks.1.conv2", "conv"),
+        ("blocks.1", "add"),
+    ]
+    for fn in (model, lambda v: model(v)):
+        rf = jaxrf.receptive_field(fn, x)
+        assert [(r.name, r.op) for r in rf.layers] == expected
+        # stem + 4 convs, 3x3 SAME each: 1 + 5 * 2 = 11
+        assert rf.size == (11, 11)
+    assert "__call__" in NNXBlock.__dict__ and NNXBlock.__call__.__name__ == "__call__"
+    assert not hasattr(NNXBlock.__call__, "__wrapped__")

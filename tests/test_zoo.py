@@ -9,6 +9,9 @@ Expected values are typed here from their sources, independently of the registry
 * torchvision ResNet-50, U-Net, DeepLab, the Distill and Luo toys: hand derivations written out
   in the docstrings of ``jaxrf/models/{resnet,unet,deeplab,toys}.py`` and
   ``jaxrf/models/__init__.py``.
+* Today's families (Swin, MaxViT, ViT with registers, PixelShuffle decoder, ``nn.scan``
+  stack): hand derivations in the docstring of ``jaxrf/models/modern.py``. The ViT entry is
+  global by design (its CLS token attends to every patch): it is checked as global.
 * Output shapes: hand-derived per network (comments below).
 
 The receptive fields are obtained only by tracing the Flax model (``jaxrf.receptive_field`` on
@@ -62,7 +65,17 @@ RF_TABLE = {
     "mtcnn_pnet": (12, 2, 0, True, (19, 19), "Zhang et al. 2016: 12x12 P-Net, stride 2"),
     "mtcnn_rnet": (17, 4, 0, True, (3, 3), "jaxrf/models/mtcnn.py"),
     "mtcnn_onet": (33, 8, 0, True, (3, 3), "jaxrf/models/mtcnn.py"),
+    # jaxrf/models/modern.py: Swin 112 / 4 = 28 tokens per axis; MaxViT and the decoder keep
+    # the size; the ViT returns the CLS features (B, C): no spatial axis left, shape (1, 1);
+    # global: size = input, stride 0, padding 0.
+    "swin_pair": (324, 4, 160, False, (28, 28), "modern.py: hull of 100/4/{48,-64,160}"),
+    "maxvit_block": (57, 1, 28, True, (32, 32), "modern.py: 3/1/1, +block 9/1/4, +grid 57/1/28"),
+    "vit_registers": (224, 0, 0, True, (1, 1), "modern.py: CLS attends to every patch"),
+    "shuffle_decoder": (12, 1, 5, False, (32, 32), "modern.py: hull of 12/1/5 and 5/1/2"),
+    "scan_stack": (25, 1, 12, True, (32, 32), "modern.py: 1 + 12 * 2, padding 12"),
 }
+# Entries whose every output reads the whole input (checked as global, not as a local field).
+GLOBAL = {"vit_registers"}
 
 # Every TF-Slim row of Araujo et al.'s table at input 224 for the networks in the zoo, typed
 # from the published table (columns cnn, end_point without the "cnn/" prefix, rf,
@@ -165,6 +178,13 @@ SMALL_OUTPUT = {
     "mtcnn_pnet": (1, 1, 1, 2),
     "mtcnn_rnet": (1, 3, 3, 64),
     "mtcnn_onet": (1, 3, 3, 128),
+    # Swin 56 / 4 = 14 tokens (two 7-windows); the ViT (small input = its 224 input: the
+    # position embedding fixes the token count) returns (B, C) CLS features.
+    "swin_pair": (1, 14, 14, 8),
+    "maxvit_block": (1, 16, 16, 8),
+    "vit_registers": (1, 16),
+    "shuffle_decoder": (1, 16, 16, 4),
+    "scan_stack": (1, 16, 16, 4),
 }
 
 # Running these eagerly costs 4-20 s each on two cores (one XLA compile per op and shape).
@@ -192,11 +212,12 @@ def test_tables_cover_the_zoo():
 def test_registry_expected_matches_sources(name):
     size, stride, padding, aligned, _, _ = RF_TABLE[name]
     e = zoo.get(name).expected
-    assert (e.size, e.stride, e.padding, e.aligned) == (
+    assert (e.size, e.stride, e.padding, e.aligned, e.is_global) == (
         (size, size),
         (stride, stride),
         (padding, padding),
         aligned,
+        name in GLOBAL,
     )
     assert e.source
 
@@ -228,7 +249,10 @@ def test_traced_receptive_field_matches_published(name):
     size, stride, padding, aligned, out_hw, source = RF_TABLE[name]
     entry = zoo.get(name)
     x = jax.ShapeDtypeStruct(entry.input_shape, jnp.float32)
-    if aligned:
+    if name in GLOBAL:
+        with pytest.warns(jaxrf.GlobalReceptiveFieldWarning, match="global"):
+            rf = jaxrf.receptive_field(entry.build(), x)
+    elif aligned:
         rf = jaxrf.receptive_field(entry.build(), x)
     else:
         with pytest.warns(jaxrf.MisalignmentWarning, match="misaligned merge"):
@@ -238,7 +262,11 @@ def test_traced_receptive_field_matches_published(name):
     assert rf.padding == (padding, padding), source
     assert rf.aligned is aligned
     assert rf.output_shape == out_hw
-    assert not rf.is_global
+    assert rf.is_global is (name in GLOBAL)
+    if name in GLOBAL:  # every output reads the whole input
+        assert (size, stride, padding) == (entry.input_shape[1], 0, 0)
+        corner = tuple(n - 1 for n in entry.input_shape[1:3])
+        assert rf.region((0, 0), clip=True) == ((0, corner[0]), (0, corner[1]))
 
 
 # Networks whose end points are traced in the default run (the others are slow).

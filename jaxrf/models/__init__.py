@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import deeplab, mtcnn, resnet, slim, toys, unet
+from . import deeplab, modern, mtcnn, resnet, slim, toys, unet
 from .araujo import AraujoRow as AraujoRow
 from .araujo import araujo_row as araujo_row
 from .araujo import araujo_table as araujo_table
@@ -60,6 +60,8 @@ class Expected:
         aligned: False when the network's paths are misaligned; ``size``/``stride``/``padding``
             are then :class:`jaxrf.ReceptiveField`'s summary of the union.
         source: where the numbers come from (a published table row or a hand derivation).
+        is_global: True when every output reads the whole input (global attention); the
+            summary is then the input size, stride 0, padding 0.
     """
 
     size: tuple[int, ...]
@@ -67,6 +69,7 @@ class Expected:
     padding: tuple[int, ...]
     source: str
     aligned: bool = True
+    is_global: bool = False
 
 
 def _square(size: int, stride: int, padding: int, source: str, aligned: bool = True) -> Expected:
@@ -383,6 +386,59 @@ for _net, (_r, _s, _shape, _small, _out) in {
             description=f"MTCNN {_net} ({_out}); trained weights: jaxrf.models.mtcnn.mtcnn_net",
         )
     )
+
+# Today's families (hand derivations in the docstring of jaxrf/models/modern.py).
+_MODERN = "hand derivation in jaxrf/models/modern.py"
+_register(
+    ZooEntry(
+        "swin_pair",
+        modern.SwinPair,
+        (1, 112, 112, 3),
+        _square(324, 4, 160, f"{_MODERN} (SwinPair)", aligned=False),
+        (1, 56, 56, 3),
+        description="Swin patch embedding, W-MSA and SW-MSA blocks (window 7, shift 3)",
+    )
+)
+_register(
+    ZooEntry(
+        "maxvit_block",
+        modern.MaxViTBlock,
+        (1, 32, 32, 3),
+        _square(57, 1, 28, f"{_MODERN} (MaxViTBlock)"),
+        (1, 16, 16, 3),
+        description="MaxViT block: MBConv, block attention 4x4, grid attention 4x4",
+    )
+)
+_register(
+    ZooEntry(
+        "vit_registers",
+        modern.ViTRegisters,
+        _IMAGENET,
+        Expected((224, 224), (0, 0), (0, 0), f"{_MODERN} (ViTRegisters)", is_global=True),
+        _IMAGENET,  # the position embedding is sized by the token count: one input size
+        description="ViT-S/16-like with a CLS and 4 register tokens (CLS features; global)",
+    )
+)
+_register(
+    ZooEntry(
+        "shuffle_decoder",
+        modern.ShuffleDecoder,
+        (1, 32, 32, 1),
+        _square(12, 1, 5, f"{_MODERN} (ShuffleDecoder)", aligned=False),
+        (1, 16, 16, 1),
+        description="U-Net-like decoder upsampling with PixelShuffle",
+    )
+)
+_register(
+    ZooEntry(
+        "scan_stack",
+        modern.ScanStack,
+        (1, 32, 32, 1),
+        _square(25, 1, 12, f"{_MODERN} (ScanStack): 1 + 12 * 2, padding 12"),
+        (1, 16, 16, 1),
+        description="12 blocks of 3x3 conv + ReLU written with nn.scan",
+    )
+)
 
 ENTRIES: Mapping[str, ZooEntry] = MappingProxyType(_ENTRIES)
 
