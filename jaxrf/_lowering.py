@@ -1,8 +1,9 @@
 """Convolutions as matrix products, for probes on XLA:CPU.
 
-XLA:CPU runs ``dot_general`` closer to its matmul throughput than its convolutions, and
-expands the max-pool gradient into select-and-scatter; both are measured in
-``experiments/profile_erf.py``.
+A rewrite of the program, not of its arithmetic: every replacement computes the same values
+and gradients (to floating-point rounding), in a form XLA:CPU may run faster (products over
+channels instead of 1x1 convolutions, a max-pool gradient made of slices instead of
+select-and-scatter). Whether it does is a measurement of ``experiments/profile_erf.py``.
 
 :func:`lower_convs` re-evaluates a network's jaxpr with every ``conv_general_dilated`` that a
 plain product can express replaced by one: a 1x1 kernel becomes a (strided) slice and one

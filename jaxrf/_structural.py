@@ -373,8 +373,8 @@ def _forget(key: int, ref) -> None:
 def structural_pullback(fn: Callable, x, *, unknown: str = "raise") -> Callable:
     """The binarised structural pullback of ``fn`` at the shape of ``x``.
 
-    Building it (trace, eager plan of the constants, compilation of the replay) costs a
-    fraction of a second to seconds on a real network, so it is cached per function object
+    Building it (trace, eager plan of the constants, compilation of the replay) is the costly
+    part, so it is cached per function object
     (identity, held weakly) and input shape, dtype and ``unknown``: probing the same ``fn``
     again, at any output position, reuses the compiled program. As with ``jax.jit``, a
     function whose closed-over weights are *replaced* between calls must be a new function
