@@ -147,6 +147,12 @@ def _summaries() -> dict:
             hits = [r for r in rows if r["item"].startswith(item) and r["metric"] == metric]
             return _f(float(hits[0]["value"]), nd) if hits else "?"
 
+        if not any(r["metric"].endswith("(per round)") for r in rows):
+            return (
+                "the committed results/benchmark.csv predates the interleaved-rounds method "
+                "(single runs, older script); it is not quoted here. Rerun "
+                "experiments/benchmark.py on a quiet machine for medians and spreads."
+            )
         best = "ratio to the better PyTorch script (per round)"
         mm = "FLOP/s / matmul FLOP/s (per round)"
         jx, fp = "jaxrf ERF, lowering='auto'", "jaxrf ERF, folded + cone-pruned"
