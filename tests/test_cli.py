@@ -279,3 +279,42 @@ def test_report_stages_have_araujo_rows():
     assert got == [(35, 8, 15), (99, 16, 47), (291, 32, 143)]
     assert _cli_report.published("resnet_v1_50", "block1_unit1", 224) is None
     assert _cli_report.published("luo_uniform", None, 32) is None
+
+
+NNX_MODEL = """
+import jax.numpy as jnp
+from flax import nnx
+
+
+class Block(nnx.Module):
+    def __init__(self, rngs):
+        self.conv1 = nnx.Conv(2, 2, (3, 3), rngs=rngs)
+
+    def __call__(self, x):
+        return x + self.conv1(x)
+
+
+class Net(nnx.Module):
+    def __init__(self, rngs):
+        self.stem = nnx.Conv(1, 2, (3, 3), rngs=rngs)
+        self.blocks = nnx.List([Block(rngs), Block(rngs)])
+
+    def __call__(self, x):
+        x = self.stem(x)
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+net = Net(nnx.Rngs(0))
+"""
+
+
+def test_analyze_names_nnx_layers_by_module_path(tmp_path, capsys):
+    path = tmp_path / "nnx_model.py"
+    path.write_text(NNX_MODEL)
+    argv = ["analyze", f"{path}:net", "--input-shape", "1x16x16x1", "--format", "csv"]
+    assert cli.main(argv) == 0
+    names = [row.split(",")[0] for row in capsys.readouterr().out.strip().splitlines()[1:]]
+    # three 3x3 SAME convs: stem, then each block's conv1 and its residual add
+    assert names[0] == "stem" and "blocks.0.conv1" in names and "blocks.1.conv1" in names
