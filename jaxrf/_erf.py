@@ -61,6 +61,7 @@ from ._gradient import (
     reduce_channels,
     seed_from_spatial,
     tapped,
+    token_grid,
 )
 from ._lowering import lower_convs, resolve_lowering
 from ._prune import prune_to_cone
@@ -651,6 +652,9 @@ def effective_receptive_field(
     first = next(batches, None)
     if first is None:
         raise ValueError("`inputs` held no batches; give at least one sample.")
+    if o["init_fn"] is None and not o["layers"]:
+        sample = jax.ShapeDtypeStruct((1, *first.shape[1:]), first.dtype)
+        o["fn"] = token_grid(o["fn"], sample, o["spatial_axes"], o["output_spatial_axes"])
     plan = _plan(o, first)
 
     def draw_batches(draw):

@@ -400,3 +400,48 @@ def truncate(fn, x, layer: str | None, spatial_axes=None):
             "[r.name for r in jaxrf.receptive_field(fn, x).layers]."
         )
     return _first(tapped(fn, tuple(x.shape), str(x.dtype), (layer,), spatial_axes))
+
+
+# ---------------------------------------------------------------------------------------
+# Token grids.
+# ---------------------------------------------------------------------------------------
+
+
+def token_grid(fn, x, spatial_axes=None, output_spatial_axes=None):
+    """``fn`` itself, or the grid view of a network whose output is a token sequence.
+
+    A network mapping ``(batch, *spatial, channels)`` to ``(batch, P + h*w, channels)`` (a ViT
+    with ``P`` prefix tokens: CLS, registers, distillation) is probed on its ``h x w`` grid: the
+    grid comes from the traced flattening (``jaxrf.receptive_field(fn, x).output_shape``) and
+    ``P`` is the rest of the token axis. The view drops the prefix tokens and unflattens the
+    grid row-major, so output position ``(i, j)`` is token ``P + i * w + j``. Any other output,
+    or one whose layout is given by ``output_spatial_axes``, is probed as it is.
+    """
+    if output_spatial_axes is not None or len(x.shape) < 4:
+        return fn
+    out = output_shape(fn, jax.ShapeDtypeStruct(x.shape, x.dtype))
+    if len(out.shape) != 3:
+        return fn
+    return _grid_view(fn, tuple(x.shape), str(x.dtype), spatial_axes, int(out.shape[1]))
+
+
+@functools.lru_cache(maxsize=64)
+def _grid_view(fn, shape, dtype, spatial_axes, tokens: int):
+    from ._trace import receptive_field
+
+    grid = receptive_field(
+        fn, jax.ShapeDtypeStruct(shape, dtype), spatial_axes=spatial_axes
+    ).output_shape
+    prefix = tokens - int(np.prod(grid))
+    if len(grid) != len(shape) - 2 or prefix < 0:
+        raise ValueError(
+            f"`fn(x)` is a token sequence of {tokens} tokens whose grid jaxrf reads as {grid}, "
+            f"which does not fit the input's {len(shape) - 2} spatial axes; name the output's "
+            "spatial axes with output_spatial_axes= (or reshape the tokens to a grid in fn)."
+        )
+
+    def view(v):
+        y = fn(v)
+        return y[:, prefix:, :].reshape(y.shape[0], *grid, y.shape[2])
+
+    return view

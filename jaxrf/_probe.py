@@ -45,6 +45,7 @@ from ._gradient import (
     output_shape,
     reduce_channels,
     seed_from_spatial,
+    token_grid,
     truncate,
 )
 
@@ -182,7 +183,7 @@ def gradient_map(
     x = check_array(x)
     reduce = check_reduce(reduce)
     nonfinite = check_nonfinite(nonfinite)
-    fn = truncate(fn, x, layer, spatial_axes)
+    fn = token_grid(truncate(fn, x, layer, spatial_axes), x, spatial_axes, output_spatial_axes)
     in_layout, out_layout, out = _shapes(fn, x, spatial_axes, output_spatial_axes)
     index = check_index(index, out_layout.spatial_shape(out.shape))
     weights = channel_weight_array(
@@ -313,7 +314,9 @@ class Prober:
         self.x = check_array(x)
         self.mode = _check_mode(mode)
         self.nonfinite = check_nonfinite(nonfinite)
-        self.fn = truncate(fn, self.x, layer, spatial_axes)
+        self.fn = token_grid(
+            truncate(fn, self.x, layer, spatial_axes), self.x, spatial_axes, output_spatial_axes
+        )
         self.in_layout, self.out_layout, out = _shapes(
             self.fn, self.x, spatial_axes, output_spatial_axes
         )

@@ -5,6 +5,7 @@ Hand derivations in the docstrings; the grid is inferred from the traced flatten
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from jax import lax
 
@@ -98,3 +99,37 @@ def test_prefix_token_read_before_any_attention_raises():
 
     with pytest.raises(TypeError, match="neither the grid nor prefix tokens"):
         jaxrf.receptive_field(net, X64)
+
+
+def _patch_tokens(prefix: int):
+    """4x4 stride-4 patch embedding of a 16x16 image (4x4 grid), ``prefix`` constant tokens in
+    front, then a per-token tanh: token ``prefix + 4 i + j`` reads pixels [4i, 4i+3] x [4j, 4j+3].
+    """
+    w = jnp.ones((4, 4, 1, 2))
+    front = jnp.ones((1, prefix, 2))
+
+    def net(x):
+        dn = ("NHWC", "HWIO", "NHWC")
+        y = jax.lax.conv_general_dilated(x, w, (4, 4), "VALID", dimension_numbers=dn)
+        t = y.reshape(y.shape[0], -1, 2)
+        t = jnp.concatenate([jnp.broadcast_to(front, (t.shape[0], prefix, 2)), t], axis=1)
+        return jnp.tanh(t)
+
+    return net
+
+
+@pytest.mark.parametrize("prefix", [1, 5], ids=["cls", "cls+4-registers"])
+@pytest.mark.parametrize("index", [(0, 0), (1, 2), (3, 3)], ids=str)
+def test_probes_and_erf_address_the_token_grid(prefix, index):
+    net, x = _patch_tokens(prefix), jnp.full((1, 16, 16, 1), 0.1)
+    i, j = index
+    hand = ((4 * i, 4 * i + 3), (4 * j, 4 * j + 3))
+    rf = jaxrf.receptive_field(net, x)
+    assert rf.output_shape == (4, 4) and rf.region(index, clip=True) == hand
+    assert jaxrf.actual_receptive_field(net, x, index, mode="structural").box == hand
+    assert jaxrf.actual_receptive_field(net, x, index).box == hand
+    erf = jaxrf.effective_receptive_field(net, x, index)
+    nonzero = np.argwhere(erf.map > 0)
+    assert tuple(map(tuple, zip(nonzero.min(0), nonzero.max(0), strict=True))) == hand
+    gmap = jaxrf.gradient_map(net, x, index)
+    assert gmap.shape == (1, 16, 16) and float(gmap[0, 4 * i, 4 * j]) > 0
