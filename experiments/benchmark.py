@@ -18,6 +18,8 @@ flops      XLA cost analysis of the ERF step at 224 and 1024: plain, folded, cro
 kernels    the 3x3 64-channel convolutions at 56x56 in several formulations (bench_kernels).
 memory     peak RSS of one ERF batch at 224 (b8) and 1024 (b4; full, crop, pruned) and of the
            PyTorch loop, one subprocess each.
+taps       ERF of k=4 stage outputs at once (one forward, k backward passes per batch) vs k
+           separate calls and vs the output alone (bench_taps).
 analytic   tracing + walking ResNet-152 and Inception v3; walk time vs equations.
 gpu        only where ``jax.devices('gpu')`` is non-empty: ERF images/s at 224 and 1024 (batch
            32), FLOP/s as a fraction of float32 and bfloat16 matmuls, support-map passes/s.
@@ -45,6 +47,7 @@ from bench_erf import (  # noqa: E402
     section_memory,
 )
 from bench_kernels import section_kernels  # noqa: E402
+from bench_taps import section_taps  # noqa: E402
 from bench_transforms import section_flops  # noqa: E402
 
 SECTIONS = {
@@ -55,6 +58,7 @@ SECTIONS = {
     "kernels": section_kernels,
     "memory": section_memory,
     "analytic": section_analytic,
+    "taps": section_taps,
     "gpu": section_gpu,
 }
 
