@@ -43,6 +43,7 @@ def _grad(fn, x):
     return jax.grad(lambda v: jnp.sum(jax.nn.relu(fn(v))[:, 1, 1, :]))(x)
 
 
+@pytest.mark.slow  # ~30 s: the layout tests below check folding in the default run
 def test_zoo_resnet_folds_every_batch_norm_float64():
     with jax.enable_x64(True):
         entry = jaxrf.models.get("resnet50_torchvision")
