@@ -185,10 +185,31 @@ def reshape(ctx, eqn, inputs):
             and all(isinstance(q, int) or q is None for q in lab.parts)
         ):
             state, axes[p] = _subpixel(state, lab, ctx.name("shuffle"))
-    ones = [p for p, n in enumerate(out_shape) if n == 1]
+    ones = [] if moved else _new_ones(in_shape, out_shape)
     return [
         Dependent(state, relabel_new_ones(Dependent(state, tuple(axes)), axes, out_shape, ones))
     ]
+
+
+def _new_ones(in_shape, out_shape) -> list[int]:
+    """Size-1 output axes a reshape adds (not those that carry a size-1 input axis along).
+
+    The non-1 sizes are the same in both shapes; between two of them (and at either end) the
+    first size-1 output axes carry the input's size-1 axes of that gap (a batch of 1), the rest
+    are new: ``(1, C) -> (1, 1, 1, C)`` adds axes 1 and 2, not the batch axis 0.
+    """
+
+    def gaps(shape):
+        out, run = [], []
+        for p, n in enumerate(shape):
+            if n == 1:
+                run.append(p)
+            else:
+                out.append(run)
+                run = []
+        return [*out, run]
+
+    return [p for a, b in zip(gaps(in_shape), gaps(out_shape), strict=True) for p in b[len(a) :]]
 
 
 def _subpixel(state, label: Flat, name: str):

@@ -252,3 +252,20 @@ def test_support_map_pixel_copied_far():
     assert [sm.box((i,)) for i in range(12)] == [
         ((i, i),) if i != 5 else ((0, 5),) for i in range(12)
     ]
+
+
+def test_squeeze_excitation_reshape_keeps_the_batch_axis_of_one():
+    # Keras' SE block: global mean to (1, C), Reshape to (1, 1, 1, C), 1x1 conv, scale. The
+    # reshape adds axes 1 and 2 (the reduced H and W); axis 0 is the batch of 1 it carries.
+    # Every output reads the whole input (the mean), and the conv must see an unlabelled batch.
+    w = jnp.ones((1, 1, 2, 2))
+    dn = ("NHWC", "HWIO", "NHWC")
+
+    def se(x):
+        s = jnp.mean(x, axis=(1, 2)).reshape(x.shape[0], 1, 1, x.shape[-1])
+        s = jax.lax.conv_general_dilated(s, w, (1, 1), "VALID", dimension_numbers=dn)
+        return x * s
+
+    with pytest.warns(jaxrf.GlobalReceptiveFieldWarning):
+        rf = jaxrf.receptive_field(se, jnp.zeros((1, 6, 5, 2)))
+    assert rf.is_global and rf.output_shape == (6, 5)
