@@ -5,6 +5,7 @@ The public API is what this module re-exports; everything in ``jaxrf._*`` is int
 
 from importlib.metadata import PackageNotFoundError, version
 
+from . import _xla as _xla  # first: guards XLA:CPU before any computation (see _xla)
 from ._axis import Window as Window
 from ._axis import same_padding as same_padding
 from ._crop import Crop as Crop

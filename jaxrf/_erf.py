@@ -65,6 +65,7 @@ from ._gradient import (
 )
 from ._lowering import lower_convs, resolve_lowering
 from ._prune import prune_to_cone
+from ._xla import jit
 
 
 @dataclass(frozen=True)
@@ -106,9 +107,7 @@ def _sample_maps(apply, params, xi, indices, weights, in_layout, out_layouts, re
     return tuple(maps)
 
 
-@functools.partial(
-    jax.jit, static_argnames=("apply", "in_layout", "out_layouts", "reduce", "lowering")
-)
+@functools.partial(jit, static_argnames=("apply", "in_layout", "out_layouts", "reduce", "lowering"))
 def _batch_sum(
     apply, params, xb, valid, indices, weights, *, in_layout, out_layouts, reduce, lowering
 ):
@@ -400,7 +399,7 @@ def _plan(o: dict, first) -> _Plan:
     )
 
 
-@functools.partial(jax.jit, static_argnums=0)
+@functools.partial(jit, static_argnums=0)
 def _apply_jit(apply, params, x):
     return apply(params, x)
 

@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._xla import jit
+
 REDUCTIONS = ("abs", "signed", "positive", "squared")
 NONFINITE = ("raise", "warn", "skip")
 Box = tuple[tuple[int, int], ...]
@@ -342,7 +344,7 @@ def input_gradient(fn, x, seed, weights, out_layout: Layout):
     return pullback(ct)[0]
 
 
-@functools.partial(jax.jit, static_argnames=("fn", "in_layout", "out_layout", "reduce"))
+@functools.partial(jit, static_argnames=("fn", "in_layout", "out_layout", "reduce"))
 def map_at_index(fn, x, index, weights, *, in_layout, out_layout, reduce):
     """``(batch, *spatial)`` gradient map of output ``index`` (traced: no recompilation)."""
     out_spatial = out_layout.spatial_shape(jax.eval_shape(fn, x).shape)
@@ -350,7 +352,7 @@ def map_at_index(fn, x, index, weights, *, in_layout, out_layout, reduce):
     return reduce_channels(g, in_layout, reduce)
 
 
-@functools.partial(jax.jit, static_argnames=("fn", "in_layout", "out_layout", "reduce"))
+@functools.partial(jit, static_argnames=("fn", "in_layout", "out_layout", "reduce"))
 def map_for_seed(fn, x, seed, weights, *, in_layout, out_layout, reduce):
     """``(batch, *spatial)`` gradient map for an arbitrary spatial cotangent ``seed``."""
     g = input_gradient(fn, x, seed, weights, out_layout)

@@ -48,6 +48,7 @@ from ._gradient import (
     token_grid,
     truncate,
 )
+from ._xla import jit
 
 __all__ = [
     "ActualReceptiveField",
@@ -78,7 +79,7 @@ def _support(pull, seeds, weights, in_layout):
     return jax.vmap(jax.vmap(one, (None, 0)), (0, None))(seeds, weights)
 
 
-@functools.partial(jax.jit, static_argnames=("fn", "in_layout", "out_layout"))
+@functools.partial(jit, static_argnames=("fn", "in_layout", "out_layout"))
 def _measured_masks(fn, x, seeds, weights, *, in_layout, out_layout):
     """Masks ``(k, *spatial)`` (union over weights and samples) and non-finite flags ``(k,)``."""
     y, pullback = jax.vjp(fn, x)
@@ -108,7 +109,7 @@ def structural_masks(fn, x, out_shape, in_layout, out_layout, unknown: str):
         def pull(seed, w):
             return structural(seed_from_spatial(seed, w != 0, out_shape, out_layout, jnp.float32))
 
-        @jax.jit
+        @jit
         def masks(seeds, weights):
             return jnp.any(_support(pull, seeds, weights, in_layout) > 0, axis=(1, 2))
 

@@ -43,6 +43,7 @@ import numpy as np
 from jax import lax
 
 from ._walk import ROOT, bind, locate, walk
+from ._xla import jit
 
 DTYPE = jnp.float32
 
@@ -435,7 +436,7 @@ def _build_pullback(fn: Callable, x, unknown: str) -> Callable:
 
         return zero
 
-    @jax.jit
+    @jit
     def pull(ct):
         _, pullback = jax.vjp(lambda xs: rewriter.replay(closed, xs), jnp.zeros(in_shape, DTYPE))
         return pullback(ct.astype(DTYPE))[0]

@@ -1,0 +1,110 @@
+"""The guard against XLA:CPU's YNNPACK miscompilation (jaxrf._xla).
+
+With jaxlib 0.10.2 a convolution summed over its output channels in one program (a gradient
+map of a 64 -> 3 convolution) came back all zero in about half of the fresh processes; the
+layerwise experiment's structural box of VGG-16's pool1 was empty in CI that way. The guard
+turns those fusions off: in XLA_FLAGS at import, and per program for what jaxrf compiles.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from jaxrf import _gradient, _xla
+
+DN = ("NHWC", "HWIO", "NHWC")
+
+
+def _net(x):
+    """3 -> 64 -> 64 channels, two 3x3 SAME convolutions with kernels of ones."""
+    for c_in in (3, 64):
+        x = jax.lax.conv_general_dilated(
+            x, jnp.ones((3, 3, c_in, 64)), (1, 1), "SAME", dimension_numbers=DN
+        )
+    return x
+
+
+def test_configure_appends_only_when_safe(monkeypatch):
+    monkeypatch.setattr(_xla, "_backends_started", lambda: False)
+    monkeypatch.delenv(_xla.OPT_OUT, raising=False)
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+    assert _xla.configure()
+    assert os.environ["XLA_FLAGS"].split() == [
+        "--xla_force_host_platform_device_count=2",
+        "--xla_cpu_experimental_ynn_fusion_type=",
+    ]
+    # A value of the user's own is kept; so is everything when opted out or already started.
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=individual_dot")
+    assert not _xla.configure()
+    assert os.environ["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=individual_dot"
+    monkeypatch.setenv("XLA_FLAGS", "")
+    monkeypatch.setenv(_xla.OPT_OUT, "1")
+    assert not _xla.configure() and os.environ["XLA_FLAGS"] == ""
+    monkeypatch.delenv(_xla.OPT_OUT)
+    monkeypatch.setattr(_xla, "_backends_started", lambda: True)
+    assert not _xla.configure() and os.environ["XLA_FLAGS"] == ""
+    # An older jaxlib would abort on an unknown flag in XLA_FLAGS: left alone.
+    monkeypatch.setattr(_xla, "_backends_started", lambda: False)
+    monkeypatch.setattr(_xla, "_jaxlib_version", lambda: (0, 4, 30))
+    assert not _xla.configure() and os.environ["XLA_FLAGS"] == ""
+
+
+def test_gradient_map_program_has_no_ynn_fusion():
+    """The compiled gradient-map program of the pattern that was miscompiled."""
+    x = jnp.zeros((1, 16, 16, 3))
+    layout = _gradient.layouts(x.shape, (1, 16, 16, 64), None, None)
+    compiled = _gradient.map_at_index.lower(
+        _net, x, (8, 8), jnp.ones(64), in_layout=layout[0], out_layout=layout[1], reduce="abs"
+    ).compile()
+    text = compiled.as_text()
+    assert "convolution" in text and "__ynn_fusion" not in text
+
+
+SCRIPT = """
+import sys
+import jax, jax.numpy as jnp, numpy as np
+if sys.argv[1] == "jax-first":
+    jnp.ones(1).block_until_ready()
+import jaxrf
+from jaxrf import _xla
+dn = ("NHWC", "HWIO", "NHWC")
+def net(x):
+    for c_in in (3, 64):
+        x = jax.lax.conv_general_dilated(x, jnp.ones((3, 3, c_in, 64)), (1, 1), "SAME",
+                                         dimension_numbers=dn)
+    return x
+x = np.zeros((1, 64, 64, 3), np.float32)
+boxes = [jaxrf.actual_receptive_field(net, x, (32, 32), mode=m, nonfinite="skip").box
+         for m in ("structural", "measured")]
+grad = np.asarray(jaxrf.gradient_map(net, x, (32, 32), nonfinite="skip"))[0]
+paths = np.array([1, 2, 3, 2, 1])  # middle positions linking offset d to the unit: 3 - |d|
+expected = np.zeros((64, 64))
+expected[30:35, 30:35] = 64 * 64 * 3 * np.outer(paths, paths)
+print(boxes, np.array_equal(grad, expected), "ynn" in str(_xla.compiler_options()))
+"""
+
+
+@pytest.mark.parametrize("order", ["jaxrf-first", "jax-first"])
+def test_fresh_process_maps_are_right(tmp_path, order):
+    """Two stacked 3x3 convolutions with kernels of ones, 3 -> 64 -> 64 channels, at 64 x 64:
+    unit (32, 32) reads [30, 34] on both axes, structurally and measured, and its gradient map
+    (|d/dx| summed over the 3 input channels) at offset (dy, dx) is 64 * 64 * 3 paths times
+    (3 - |dy|)(3 - |dx|) middle positions. Whether JAX started before ``import jaxrf`` (then
+    the per-program options guard it) or not (then XLA_FLAGS does). Unguarded
+    (JAXRF_KEEP_XLA_FLAGS=1), 2 of 6 processes gave an empty box or NaN maps."""
+    script = tmp_path / "probe.py"
+    script.write_text(textwrap.dedent(SCRIPT))
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", _xla.OPT_OUT)}
+    for _ in range(3):  # the miscompilation hit about half of the processes
+        out = subprocess.run(
+            [sys.executable, str(script), order], capture_output=True, text=True, env=env
+        )
+        assert out.returncode == 0, out.stderr[-2000:]
+        per_program = order == "jax-first"
+        box = ((30, 34), (30, 34))
+        assert out.stdout.split("\n")[0] == f"{[box, box]} True {per_program}"
