@@ -5,8 +5,12 @@ YNNPACK. A convolution whose output is summed over its channels in the same prog
 exactly a gradient map (the input cotangent of a ``C -> 3`` convolution, summed over the three
 input channels), then comes back as all zeros in some processes and right in others: run the
 same script ten times and it is wrong in about half of them, with nothing raised. A structural
-box of VGG-16's ``pool1`` came back empty this way. With the YNNPACK fusions off
-(``--xla_cpu_experimental_ynn_fusion_type=``, an empty list) it was right in every run.
+box of VGG-16's ``pool1`` came back empty this way. The culprit is YNNPACK's *reduce* fusion
+(the convolution, ``abs`` and the channel sum compiled as one YNNPACK subgraph): with it off
+(``--xla_cpu_experimental_ynn_fusion_type=-reduce``) every run was right, and convolutions and
+dots still run in YNNPACK, one by one. (Turning every YNNPACK fusion off, ``=`` with an empty
+list, is right too, but then :func:`jaxrf.prune_to_cone`'s float64 forward pass differed from
+the full network's in the 15th digit: XLA's own convolutions round differently at other sizes.)
 
 Two layers:
 
@@ -14,8 +18,9 @@ Two layers:
   appends that flag to ``XLA_FLAGS`` when JAX has not yet started its backends and the user
   set no value of their own, so every computation of the process is compiled without those
   fusions, the user's own included;
-* :func:`jit` is ``jax.jit`` with the same setting as a per-program compiler option, so the
-  programs jaxrf compiles are guarded even when JAX started before ``import jaxrf``.
+* :func:`jit` is ``jax.jit`` with YNNPACK limited to single convolutions and dots as a
+  per-program compiler option, so the programs jaxrf compiles are guarded even when JAX started
+  before ``import jaxrf`` (a compiler option takes a list of fusion types, not ``-reduce``).
 
 Set ``JAXRF_KEEP_XLA_FLAGS=1`` to leave XLA's defaults alone (both layers off).
 """
@@ -28,6 +33,8 @@ import os
 import jax
 
 FLAG = "xla_cpu_experimental_ynn_fusion_type"
+ENV_VALUE = "-reduce"  # XLA's default list without the reduce fusions
+PROGRAM_VALUE = "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION,LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"
 OPT_OUT = "JAXRF_KEEP_XLA_FLAGS"
 # The first jaxlib this guard is known to be needed and accepted in: an unknown flag in
 # XLA_FLAGS aborts the process, so older versions are left alone.
@@ -58,7 +65,7 @@ def _backends_started() -> bool:
 
 
 def configure() -> bool:
-    """Append ``--xla_cpu_experimental_ynn_fusion_type=`` to ``XLA_FLAGS`` if it is safe.
+    """Append ``--xla_cpu_experimental_ynn_fusion_type=-reduce`` to ``XLA_FLAGS`` if safe.
 
     Only when not opted out, the jaxlib is at least :data:`MIN_JAXLIB`, JAX's backends have
     not started (XLA reads the variable once) and ``XLA_FLAGS`` does not already set the flag.
@@ -67,17 +74,17 @@ def configure() -> bool:
     flags = os.environ.get("XLA_FLAGS", "")
     if _opted_out() or FLAG in flags or _jaxlib_version() < MIN_JAXLIB or _backends_started():
         return False
-    os.environ["XLA_FLAGS"] = f"{flags} --{FLAG}=".strip()
+    os.environ["XLA_FLAGS"] = f"{flags} --{FLAG}={ENV_VALUE}".strip()
     return True
 
 
 @functools.cache
 def compiler_options() -> dict:
-    """The per-program options :func:`jit` adds: ``{FLAG: ""}``, or ``{}`` when not needed
-    (opted out, or ``XLA_FLAGS`` already sets the flag) or not accepted by this XLA."""
+    """The per-program options :func:`jit` adds: ``{FLAG: PROGRAM_VALUE}``, or ``{}`` when not
+    needed (opted out, or ``XLA_FLAGS`` already sets the flag) or not accepted by this XLA."""
     if _opted_out() or FLAG in os.environ.get("XLA_FLAGS", ""):
         return {}
-    options = {FLAG: ""}
+    options = {FLAG: PROGRAM_VALUE}
     try:
         jax.jit(lambda v: v + 1, compiler_options=options).lower(1.0).compile()
     except Exception:  # this XLA has no such option (older jaxlib): nothing to guard
