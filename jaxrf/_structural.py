@@ -183,17 +183,36 @@ def window_sum_surrogate(eqn, vals):
         else [vals[0]]
     )
     total = _sum_deps(operands, _shape(eqn.invars[0]))
-    out = lax.reduce_window(
-        total,
-        np.array(0, DTYPE),
-        lax.add,
-        p["window_dimensions"],
-        p["window_strides"],
-        p["padding"],
-        p["base_dilation"],
-        p["window_dilation"],
-    )
+    window = (p["window_dimensions"], p["window_strides"], p["padding"], p["base_dilation"])
+    if any(d != 1 for d in p["window_dilation"]):
+        out = _dilated_window_sum(total, *window, p["window_dilation"])
+    else:
+        out = lax.reduce_window(total, np.array(0, DTYPE), lax.add, *window)
     return [out] * len(eqn.outvars)
+
+
+def _dilated_window_sum(x, window, strides, padding, base_dilation, window_dilation):
+    """``reduce_window`` add with dilated windows, as a sum of one strided slice per tap.
+
+    XLA:CPU (jaxlib 0.10.2) simplifies the transpose of such a window sum, a pad followed by a
+    dilated ``reduce_window``, to the identity when every tap of a window but one falls in the
+    padding: a max pool with window 2, dilation 2 and SAME padding on a 1-pixel map then
+    "reads" the pixel its taps at -1 and +1 step over. Slices cannot be simplified that way.
+    """
+    config = [(lo, hi, b - 1) for (lo, hi), b in zip(padding, base_dilation, strict=True)]
+    padded = lax.pad(x, np.array(0, x.dtype), config)
+    out_shape = [
+        max((n - (k - 1) * d - 1) // s + 1, 0)
+        for n, k, d, s in zip(padded.shape, window, window_dilation, strides, strict=True)
+    ]
+    total = jnp.zeros(out_shape, x.dtype)
+    if 0 in out_shape:
+        return total
+    for tap in np.ndindex(*window):
+        start = [t * d for t, d in zip(tap, window_dilation, strict=True)]
+        limit = [a + (m - 1) * s + 1 for a, m, s in zip(start, out_shape, strides, strict=True)]
+        total = total + lax.slice(padded, start, limit, strides)
+    return total
 
 
 def cumsum_surrogate(eqn, vals):

@@ -269,3 +269,31 @@ def test_squeeze_excitation_reshape_keeps_the_batch_axis_of_one():
     with pytest.warns(jaxrf.GlobalReceptiveFieldWarning):
         rf = jaxrf.receptive_field(se, jnp.zeros((1, 6, 5, 2)))
     assert rf.is_global and rf.output_shape == (6, 5)
+
+
+# ---------------------------------------------------------------------------------------
+# Fixed: a dilated max pool whose taps step over the pixel. Max pool, window 2, window
+# dilation 2, stride 1, SAME on a map of n pixels: the dilated window spans 3, so SAME pads
+# (1, 1) and output i reads pixels i - 1 and i + 1 (never i). On 1 pixel output 0 reads
+# nothing (both taps in the padding); on 5 pixels: 0 -> {1}, 1 -> {0, 2}, 2 -> {1, 3},
+# 3 -> {2, 4}, 4 -> {3}. The structural probe said output 0 of the 1-pixel map reads pixel 0:
+# XLA:CPU simplified its pull-back (pad, then a dilated window sum) to the identity; the
+# surrogate now sums one strided slice per tap.
+# ---------------------------------------------------------------------------------------
+
+
+def dilated_max_pool(x):
+    return lax.reduce_window(x, -jnp.inf, lax.max, (1, 2, 1), (1, 1, 1), "SAME", None, (1, 2, 1))
+
+
+@pytest.mark.parametrize(
+    "n, boxes",
+    [
+        (1, [None]),
+        (5, [((1, 1),), ((0, 2),), ((1, 3),), ((2, 4),), ((3, 3),)]),
+    ],
+)
+def test_dilated_max_pool_steps_over_the_pixel(n, boxes):
+    x = jnp.zeros((1, n, 1), jnp.float32)
+    assert analytic_boxes(dilated_max_pool, x) == boxes
+    assert measured_boxes(dilated_max_pool, x) == boxes
