@@ -56,12 +56,14 @@ from ._gradient import (
     check_nonfinite,
     check_not_empty,
     check_reduce,
+    check_token_grid,
     layouts,
+    on_token_grid,
     one_hot_seed,
     reduce_channels,
     seed_from_spatial,
     tapped,
-    token_grid,
+    tokens_to_grid,
 )
 from ._lowering import lower_convs, resolve_lowering
 from ._prune import prune_to_cone
@@ -73,15 +75,21 @@ class _Apply:
     """``fn`` as ``(params, x) -> tuple`` of the probed outputs (hashable: one program per net).
 
     ``layers=None``: the network's output, alone. Otherwise the feature maps of those layers
-    (:func:`jaxrf._tap.intermediate`), from one evaluation of the program.
+    (:func:`jaxrf._tap.intermediate`), from one evaluation of the program. ``grid``: each
+    output is a token sequence viewed on that grid (:func:`jaxrf._gradient.tokens_to_grid`).
     """
 
     fn: Callable
     takes_params: bool
     layers: tuple[str, ...] | None = None
     spatial_axes: tuple | int | None = None
+    grid: tuple[int, ...] | None = None
 
     def __call__(self, params, x):
+        outs = self._outputs(params, x)
+        return outs if self.grid is None else tuple(tokens_to_grid(y, self.grid) for y in outs)
+
+    def _outputs(self, params, x):
         if self.layers is None:
             return (self.fn(params, x) if self.takes_params else self.fn(x),)
         if self.takes_params:  # params may be tracers: the tap is traced here, not cached
@@ -312,6 +320,11 @@ def _validate(o: dict) -> dict:
         )
     if not isinstance(o["fold"], bool):
         raise TypeError(f"`fold` (={o['fold']!r}) must be True or False.")
+    if o["crop"] is not None and o["token_grid"] is not None:
+        raise ValueError(
+            f"`crop` with `token_grid` (={o['token_grid']!r}) is not supported: crops are made "
+            "for outputs with spatial axes; probe the token grid without crop=."
+        )
     if o["crop"] is not None and o["layers"] is not None:
         raise ValueError(
             f"`crop` with `layer` (={o['layer']!r}) is not supported: the crop is made for the "
@@ -367,9 +380,11 @@ def _plan(o: dict, first) -> _Plan:
     _check_batch(first, 0, None)
     if not jnp.issubdtype(first.dtype, jnp.floating):
         raise TypeError(f"`inputs` have dtype {first.dtype}; gradients need floats.")
-    spatial_axes = o["spatial_axes"]
-    apply = _Apply(o["fn"], o["init_fn"] is not None, o["layers"], spatial_axes)
+    spatial_axes, out_axes = o["spatial_axes"], o["output_spatial_axes"]
     sample = jax.ShapeDtypeStruct((1, *first.shape[1:]), first.dtype)
+    grid = check_token_grid(o["token_grid"], sample.shape, spatial_axes, out_axes)
+    out_axes = out_axes if grid is None else tuple(range(1, len(grid) + 1))
+    apply = _Apply(o["fn"], o["init_fn"] is not None, o["layers"], spatial_axes, grid)
     params = None if o["init_fn"] is None else jax.eval_shape(o["init_fn"], jax.random.key(0))
     outs = _apply_jit.eval_shape(apply, params, sample)  # cached per network: no re-trace
     names = o["layers"] or (None,)
@@ -377,7 +392,7 @@ def _plan(o: dict, first) -> _Plan:
     for out, name in zip(outs, names, strict=True):
         argument = "fn(x)" if name is None else f"layer {name!r}"
         in_layout, out_layout = layouts(
-            sample.shape, out.shape, spatial_axes, o["output_spatial_axes"], "inputs", argument
+            sample.shape, out.shape, spatial_axes, out_axes, "inputs", argument
         )
         out_spatial = out_layout.spatial_shape(out.shape)
         out_layouts.append(out_layout)
@@ -544,6 +559,7 @@ def effective_receptive_field(
     layer: str | list[str] | None = None,
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int = CHECKPOINT_EVERY,
+    token_grid=None,
 ) -> EffectiveReceptiveField | dict[str, EffectiveReceptiveField]:
     """Luo's effective receptive field: the mean gradient map of one output position.
 
@@ -622,6 +638,8 @@ def effective_receptive_field(
             ``lowering``) is refused with a ValueError. One path per process under
             ``jax.distributed``.
         checkpoint_every: batches between two checkpoints (default 10).
+        token_grid: the grid ``(h, w)`` of a token-sequence output (of the network, or of each
+            tapped ``layer``), as in :func:`jaxrf.gradient_map`; not with ``crop``.
 
     Returns:
         :class:`EffectiveReceptiveField` (``.map``, ``.count``, statistics methods); with a
@@ -651,9 +669,9 @@ def effective_receptive_field(
     first = next(batches, None)
     if first is None:
         raise ValueError("`inputs` held no batches; give at least one sample.")
-    if o["init_fn"] is None and not o["layers"]:
+    if o["init_fn"] is None and not o["layers"] and token_grid is None:
         sample = jax.ShapeDtypeStruct((1, *first.shape[1:]), first.dtype)
-        o["fn"] = token_grid(o["fn"], sample, o["spatial_axes"], o["output_spatial_axes"])
+        o["fn"], _ = on_token_grid(o["fn"], sample, o["spatial_axes"], o["output_spatial_axes"])
     plan = _plan(o, first)
 
     def draw_batches(draw):

@@ -409,41 +409,114 @@ def truncate(fn, x, layer: str | None, spatial_axes=None):
 # ---------------------------------------------------------------------------------------
 
 
-def token_grid(fn, x, spatial_axes=None, output_spatial_axes=None):
+def check_token_grid(token_grid, x_shape, spatial_axes, output_spatial_axes):
+    """``token_grid`` as a tuple of positive ints, one per spatial axis of the input (None: None).
+
+    Raises:
+        ValueError: ``token_grid`` with ``output_spatial_axes`` (both say where the output's
+            grid is), or not one positive int per spatial axis of ``x_shape``.
+    """
+    if token_grid is None:
+        return None
+    if output_spatial_axes is not None:
+        raise ValueError(
+            f"give `token_grid` (={token_grid!r}) or `output_spatial_axes` "
+            f"(={output_spatial_axes!r}), not both: both say where the output's grid is "
+            "(token_grid views a token sequence (batch, P + h*w, channels) on its h x w grid; "
+            "output_spatial_axes names the spatial axes of an output that has them)."
+        )
+    n = len(make_layout(x_shape, spatial_axes, "x").spatial)
+    if (
+        not isinstance(token_grid, tuple | list)
+        or len(token_grid) != n
+        or any(isinstance(g, bool) or not isinstance(g, numbers.Integral) for g in token_grid)
+        or any(g < 1 for g in token_grid)
+    ):
+        raise ValueError(
+            f"`token_grid` (={token_grid!r}) must be a tuple of {n} positive ints, one per "
+            f"spatial axis of the input (shape {tuple(x_shape)}): the shape of the output's "
+            "token grid, e.g. token_grid=(14, 14) for 14 x 14 patches."
+        )
+    return tuple(int(g) for g in token_grid)
+
+
+def tokens_to_grid(y, grid: tuple[int, ...]):
+    """Token sequence ``(batch, P + prod(grid), channels)`` -> ``(batch, *grid, channels)``.
+
+    The ``P`` prefix tokens (CLS, registers: the token count minus ``prod(grid)``) are dropped
+    and the rest unflattened row-major: position ``(i, j)`` of an ``h x w`` grid is token
+    ``P + i * w + j``.
+
+    Raises:
+        ValueError: ``y`` is not 3-D, or has fewer than ``prod(grid)`` tokens.
+    """
+    size = int(np.prod(grid))
+    if y.ndim != 3:
+        raise ValueError(
+            f"`token_grid` (={grid}) needs the probed output to be a token sequence (batch, "
+            f"tokens, channels), 3-D; it has shape {tuple(y.shape)}. Drop token_grid (or give "
+            "output_spatial_axes=) for an output that has spatial axes."
+        )
+    if size > y.shape[1]:
+        raise ValueError(
+            f"`token_grid` (={grid}) has {size} tokens but the probed output has only "
+            f"{y.shape[1]} (shape {tuple(y.shape)}); the grid must fit in the token axis (the "
+            "prefix P = tokens - prod(token_grid) >= 0): give the patch grid's shape."
+        )
+    prefix = int(y.shape[1]) - size
+    return y[:, prefix:, :].reshape(y.shape[0], *grid, y.shape[2])
+
+
+def on_token_grid(fn, x, spatial_axes=None, output_spatial_axes=None, token_grid=None):
     """``fn`` itself, or the grid view of a network whose output is a token sequence.
 
     A network mapping ``(batch, *spatial, channels)`` to ``(batch, P + h*w, channels)`` (a ViT
-    with ``P`` prefix tokens: CLS, registers, distillation) is probed on its ``h x w`` grid: the
-    grid comes from the traced flattening (``jaxrf.receptive_field(fn, x).output_shape``) and
-    ``P`` is the rest of the token axis. The view drops the prefix tokens and unflattens the
-    grid row-major, so output position ``(i, j)`` is token ``P + i * w + j``. Any other output,
-    or one whose layout is given by ``output_spatial_axes``, is probed as it is.
+    with ``P`` prefix tokens: CLS, registers, distillation) is probed on its ``h x w`` grid
+    (:func:`tokens_to_grid`): output position ``(i, j)`` is token ``P + i * w + j``. The grid
+    is ``token_grid`` when given (nothing is traced), else it comes from the traced flattening
+    (``jaxrf.receptive_field(fn, x).output_shape``) and ``P`` is the rest of the token axis.
+    Without ``token_grid``, any other output, or one whose layout is given by
+    ``output_spatial_axes``, is probed as it is.
+
+    Returns:
+        ``(fn, output_spatial_axes)``: the function probed and its output's spatial axes (the
+        view is channels-last: axes ``1..len(grid)``).
     """
+    grid = check_token_grid(token_grid, x.shape, spatial_axes, output_spatial_axes)
+    if grid is not None:
+        return _grid_view(fn, grid), tuple(range(1, len(grid) + 1))
     if output_spatial_axes is not None or len(x.shape) < 4:
-        return fn
+        return fn, output_spatial_axes
     out = output_shape(fn, jax.ShapeDtypeStruct(x.shape, x.dtype))
     if len(out.shape) != 3:
-        return fn
-    return _grid_view(fn, tuple(x.shape), str(x.dtype), spatial_axes, int(out.shape[1]))
+        return fn, output_spatial_axes
+    grid = _traced_grid(fn, tuple(x.shape), str(x.dtype), spatial_axes, int(out.shape[1]))
+    return _grid_view(fn, grid), output_spatial_axes
 
 
 @functools.lru_cache(maxsize=64)
-def _grid_view(fn, shape, dtype, spatial_axes, tokens: int):
+def _traced_grid(fn, shape, dtype, spatial_axes, tokens: int) -> tuple[int, ...]:
+    """The grid of a token sequence of ``tokens`` tokens, read from the traced flattening."""
     from ._trace import receptive_field
 
     grid = receptive_field(
         fn, jax.ShapeDtypeStruct(shape, dtype), spatial_axes=spatial_axes
     ).output_shape
-    prefix = tokens - int(np.prod(grid))
-    if len(grid) != len(shape) - 2 or prefix < 0:
+    if len(grid) != len(shape) - 2 or tokens - int(np.prod(grid)) < 0:
         raise ValueError(
             f"`fn(x)` is a token sequence of {tokens} tokens whose grid jaxrf reads as {grid}, "
-            f"which does not fit the input's {len(shape) - 2} spatial axes; name the output's "
-            "spatial axes with output_spatial_axes= (or reshape the tokens to a grid in fn)."
+            f"which does not fit the input's {len(shape) - 2} spatial axes; give the grid with "
+            "token_grid=(h, w), name the output's spatial axes with output_spatial_axes= (or "
+            "reshape the tokens to a grid in fn)."
         )
+    return tuple(grid)
+
+
+@functools.lru_cache(maxsize=64)
+def _grid_view(fn, grid: tuple[int, ...]):
+    """``x -> tokens_to_grid(fn(x), grid)``, one function per ``(fn, grid)`` (no recompiling)."""
 
     def view(v):
-        y = fn(v)
-        return y[:, prefix:, :].reshape(y.shape[0], *grid, y.shape[2])
+        return tokens_to_grid(fn(v), grid)
 
     return view

@@ -42,10 +42,10 @@ from ._gradient import (
     layouts,
     map_at_index,
     map_for_seed,
+    on_token_grid,
     output_shape,
     reduce_channels,
     seed_from_spatial,
-    token_grid,
     truncate,
 )
 from ._xla import jit
@@ -130,6 +130,7 @@ def gradient_map(
     output_spatial_axes=None,
     nonfinite: str = "raise",
     layer: str | None = None,
+    token_grid=None,
 ) -> np.ndarray:
     """Input gradient of one output position: Luo's one-hot cotangent, pulled back.
 
@@ -161,6 +162,10 @@ def gradient_map(
         layer: probe a unit of this intermediate layer's output (a name from
             ``jaxrf.receptive_field(fn, x).layers``) instead of the network's output; equal to
             probing the network cut after that layer.
+        token_grid: the grid shape ``(h, w)`` (one int per input spatial axis) of an output
+            that is a token sequence ``(batch, P + h*w, channels)``: ``index`` ``(i, j)`` is
+            token ``P + i*w + j``, ``P`` the tokens before the grid (default: the grid is read
+            from the traced flattening; give it when jaxrf cannot follow the flattening).
 
     Returns:
         Float numpy array ``(batch, *spatial)``: the map of every sample, in the order of
@@ -184,7 +189,9 @@ def gradient_map(
     x = check_array(x)
     reduce = check_reduce(reduce)
     nonfinite = check_nonfinite(nonfinite)
-    fn = token_grid(truncate(fn, x, layer, spatial_axes), x, spatial_axes, output_spatial_axes)
+    fn, output_spatial_axes = on_token_grid(
+        truncate(fn, x, layer, spatial_axes), x, spatial_axes, output_spatial_axes, token_grid
+    )
     in_layout, out_layout, out = _shapes(fn, x, spatial_axes, output_spatial_axes)
     index = check_index(index, out_layout.spatial_shape(out.shape))
     weights = channel_weight_array(
@@ -276,6 +283,7 @@ PROBE_OPTIONS = (
     "nonfinite",
     "unknown",
     "layer",
+    "token_grid",
 )
 
 
@@ -311,12 +319,16 @@ class Prober:
     """
 
     def __init__(self, fn, x, *, mode, channel, channel_weights, key, per_channel, spatial_axes,
-                 output_spatial_axes, nonfinite, unknown, layer):  # fmt: skip
+                 output_spatial_axes, nonfinite, unknown, layer, token_grid):  # fmt: skip
         self.x = check_array(x)
         self.mode = _check_mode(mode)
         self.nonfinite = check_nonfinite(nonfinite)
-        self.fn = token_grid(
-            truncate(fn, self.x, layer, spatial_axes), self.x, spatial_axes, output_spatial_axes
+        self.fn, output_spatial_axes = on_token_grid(
+            truncate(fn, self.x, layer, spatial_axes),
+            self.x,
+            spatial_axes,
+            output_spatial_axes,
+            token_grid,
         )
         self.in_layout, self.out_layout, out = _shapes(
             self.fn, self.x, spatial_axes, output_spatial_axes
@@ -391,6 +403,7 @@ def actual_receptive_field(
     nonfinite: str = "raise",
     unknown: str = "raise",
     layer: str | None = None,
+    token_grid=None,
 ) -> ActualReceptiveField:
     """The input pixels output position ``index`` depends on, measured or structural.
 
@@ -423,6 +436,7 @@ def actual_receptive_field(
             then as ``"skip"``) or ``"skip"`` (a NaN/inf pixel is not in the mask; ``"keep"``
             is the older name).
         layer: probe a unit of this intermediate layer's output, as in :func:`gradient_map`.
+        token_grid: the grid ``(h, w)`` of a token-sequence output, as in :func:`gradient_map`.
         unknown: structural mode, primitive without a rule: ``"raise"`` (TypeError) or
             ``"global"`` (conservative: each output reads all of its inputs).
 

@@ -290,9 +290,13 @@ def _probe_layers(fn, example, inputs, indices: Mapping[str, tuple], centres, er
     """Structural boxes and ERFs of one unit per layer (``layer=`` taps):
     ``({name: box}, {name: map}, count)``. Layers probed at their centre share one ERF pass
     over ``inputs`` (one forward and one backward per layer per sample); every other distinct
-    index needs a pass of its own, so ``inputs`` must then be re-iterable."""
+    index needs a pass of its own, so ``inputs`` must then be re-iterable. A ``token_grid``
+    among ``erf_options`` is used for the structural boxes too."""
+    token_grid = erf_options.get("token_grid")
     supports = {
-        name: actual_receptive_field(fn, example, index, mode="structural", layer=name).box
+        name: actual_receptive_field(
+            fn, example, index, mode="structural", layer=name, token_grid=token_grid
+        ).box
         for name, index in indices.items()
     }
     groups: dict = {}
@@ -342,7 +346,8 @@ def layer_report(
             for every layer, or a mapping layer name -> position.
         thresholds: area-ratio thresholds (RepLKNet's 20/30/50/99 % by default).
         **erf_options: passed to :func:`jaxrf.effective_receptive_field` (``batch_size``,
-            ``reduce``, ``progress``, ``nonfinite``, ``lowering``, ...).
+            ``reduce``, ``progress``, ``nonfinite``, ``lowering``, ...); ``token_grid`` also to
+            the structural box.
 
     Returns:
         A :class:`LayerReport`; ``report.table(fmt)`` renders it as text, Markdown, LaTeX or

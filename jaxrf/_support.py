@@ -199,6 +199,7 @@ def support_map(
     per_channel: bool = False,
     nonfinite: str = "raise",
     unknown: str = "raise",
+    token_grid=None,
 ) -> SupportMap:
     """The support of every output position at once, with few backward passes.
 
@@ -226,6 +227,8 @@ def support_map(
         channel, channel_weights, key, per_channel, spatial_axes, output_spatial_axes,
             nonfinite, unknown, layer: as in :func:`jaxrf.actual_receptive_field` (with
             ``nonfinite="skip"`` a NaN/inf pixel is in no support).
+        token_grid: the grid ``(h, w)`` of a token-sequence output, as in
+            :func:`jaxrf.gradient_map`.
         max_refinements: margin doublings before falling back to one pass per position.
         seeds_per_call: backward passes per batched call (default: up to 16, fewer when one
             pass's input-sized cotangents, channel weightings x samples, are large); lower it
