@@ -375,6 +375,15 @@ def _output_index(index, out_spatial, name):
     return check_index(index, out_spatial, "index" if name is None else f"index (layer {name})")
 
 
+def _param_shapes(init_fn):
+    """The parameters ``init_fn`` returns, as shapes (traced) or, for an initialiser that needs
+    concrete keys (it reads the key's bits with numpy), as one concrete draw."""
+    try:
+        return jax.eval_shape(init_fn, jax.random.key(0))
+    except jax.errors.JAXTypeError:  # TracerArrayConversionError, ConcretizationTypeError...
+        return init_fn(jax.random.key(0))
+
+
 def _plan(o: dict, first) -> _Plan:
     """Layouts, output positions and channel weights of every probed output, before the loop."""
     _check_batch(first, 0, None)
@@ -385,7 +394,7 @@ def _plan(o: dict, first) -> _Plan:
     grid = check_token_grid(o["token_grid"], sample.shape, spatial_axes, out_axes)
     out_axes = out_axes if grid is None else tuple(range(1, len(grid) + 1))
     apply = _Apply(o["fn"], o["init_fn"] is not None, o["layers"], spatial_axes, grid)
-    params = None if o["init_fn"] is None else jax.eval_shape(o["init_fn"], jax.random.key(0))
+    params = None if o["init_fn"] is None else _param_shapes(o["init_fn"])
     outs = _apply_jit.eval_shape(apply, params, sample)  # cached per network: no re-trace
     names = o["layers"] or (None,)
     in_layout, out_layouts, indices, weights, shapes = None, [], [], [], []
@@ -421,7 +430,7 @@ def _apply_jit(apply, params, x):
 
 def _fingerprint(o: dict, plan: _Plan) -> str:
     """What a checkpoint must match: network, inputs' shape, positions, options."""
-    params = None if o["init_fn"] is None else jax.eval_shape(o["init_fn"], jax.random.key(0))
+    params = None if o["init_fn"] is None else _param_shapes(o["init_fn"])
     program = jax.make_jaxpr(plan.apply)(params, plan.sample)
     init = "" if o["init_fn"] is None else str(jax.make_jaxpr(o["init_fn"])(jax.random.key(0)))
     key = None if o["key"] is None else jax.random.key_data(o["key"])

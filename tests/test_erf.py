@@ -94,6 +94,28 @@ def test_weight_draws_luo_protocol():
     np.testing.assert_allclose(erf.map, manual, rtol=1e-5)
 
 
+def test_weight_draws_with_an_initialiser_that_needs_concrete_keys():
+    """An ``init_fn`` that reads the key's bits with numpy (as the zoo's fixed-seed fill and
+    the MTCNN trunks do) cannot be traced; the ERF still takes it. Each draw's weights are
+    ``seed + 1`` (a kernel of equal taps): output 2 of ``conv(conv(x))`` (VALID, 3 taps, a
+    9-wide signal) reads the first conv's outputs 2..4, so pixels 2..6 by ``w**2`` times the
+    number of paths ``(1, 2, 3, 2, 1)``."""
+
+    def init_fn(key):
+        seed = int(np.asarray(jax.random.key_data(key)).ravel()[-1] % 3)
+        return np.full((3, 1, 1), seed + 1.0, np.float32)
+
+    def fn(w, x):
+        return conv(conv(x, w), w)
+
+    x = jnp.zeros((2, 9, 1))
+    key = jax.random.key(5)
+    erf = jaxrf.effective_receptive_field(fn, x, (2,), init_fn=init_fn, key=key, num_draws=2)
+    squares = [init_fn(k)[0, 0, 0] ** 2 for k in jax.random.split(key, 2)]
+    expected = np.mean(squares) * np.array([0, 0, 1, 2, 3, 2, 1, 0, 0])
+    np.testing.assert_allclose(erf.map, expected, rtol=1e-6)
+
+
 def test_nonfinite_samples_raise_or_are_skipped():
     x = jnp.ones((4, 5, 1)).at[2, 2, 0].set(0.0)
     with pytest.raises(
