@@ -169,8 +169,9 @@ def reshape(ctx, eqn, inputs):
         raise Mixing("reshape with a dimension permutation")
     in_shape, out_shape = tuple(eqn.invars[0].aval.shape), tuple(eqn.outvars[0].aval.shape)
     moved = [n for n in in_shape if n != 1] != [n for n in out_shape if n != 1]
-    if moved and any(n == 1 and lab is not None for n, lab in zip(in_shape, x.axes, strict=True)):
-        # its size-1 digit could land on any output axis (a pixel shuffle of a 1x1 map)
+    if _size_one_label_ambiguous(in_shape, out_shape, x.axes, moved):
+        # its size-1 digit could land on any of several output axes (a pixel shuffle of a 1x1
+        # map, a window partition of a 1-pixel-wide map)
         raise Mixing(f"a reshape {in_shape} -> {out_shape} of a map with a size-1 spatial axis")
     atoms, dec, owner = _read_atoms(x, in_shape)
     groups = _split_into(atoms, out_shape, dec, owner)
@@ -189,6 +190,32 @@ def reshape(ctx, eqn, inputs):
     return [
         Dependent(state, relabel_new_ones(Dependent(state, tuple(axes)), axes, out_shape, ones))
     ]
+
+
+def _size_one_label_ambiguous(in_shape, out_shape, labels, moved: bool) -> bool:
+    """Whether a size-1 spatial axis of the input has no one output axis to go to: the reshape
+    moves digits between axes, or adds size-1 axes to the run of size-1 axes holding it
+    (between two non-1 sizes), so which of them carries it is a guess. (A run that shrinks,
+    ``(1, 1, 1, C) -> (1, C)`` after a global pool, drops the label.)"""
+    labelled = [p for p, (n, lab) in enumerate(zip(in_shape, labels, strict=True))
+                if n == 1 and lab is not None]  # fmt: skip
+    if not labelled:
+        return False
+    if moved:
+        return True
+
+    def runs(shape):
+        out, run = [], []
+        for p, n in enumerate(shape):
+            if n == 1:
+                run.append(p)
+            else:
+                out.append(run)
+                run = []
+        return [*out, run]
+
+    pairs = zip(runs(in_shape), runs(out_shape), strict=True)
+    return any(len(a) < len(b) and any(p in a for p in labelled) for a, b in pairs)
 
 
 def _new_ones(in_shape, out_shape) -> list[int]:

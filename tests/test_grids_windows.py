@@ -238,3 +238,18 @@ def test_pixel_shuffle_of_a_one_pixel_map_raises():
     (their digit could land on any axis): raising beats a wrong (1, 1) output shape."""
     with pytest.raises(TypeError, match="size-1 spatial axis"):
         jaxrf.receptive_field(pixel_shuffle, jnp.zeros((1, 1, 1, 4)))
+
+
+def test_window_partition_of_a_one_pixel_wide_map_raises():
+    """A (6, 1) map split into (6, 1) windows: the reshape (1, 6, 1, 1) -> (1, 1, 6, 1, 1, 1)
+    adds size-1 axes next to the map's size-1 width, and which of them holds the width is a
+    guess (it used to follow the wrong one: after attention and a stride-2 transposed conv the
+    output shape came out (12, 1) instead of (12, 2)). It raises instead."""
+
+    def net(x):
+        t = x.reshape(1, 1, 6, 1, 1, 1).transpose(0, 1, 3, 2, 4, 5).reshape(1, 6, 1)
+        t = jax.nn.softmax(jnp.einsum("bic,bjc->bij", t, t), axis=-1) @ t
+        return t.reshape(1, 1, 1, 6, 1, 1).transpose(0, 1, 3, 2, 4, 5).reshape(1, 6, 1, 1)
+
+    with pytest.raises(TypeError, match="size-1 spatial axis"):
+        jaxrf.receptive_field(net, jnp.zeros((1, 6, 1, 1)))

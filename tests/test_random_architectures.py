@@ -752,7 +752,11 @@ def test_every_operation_at_least_once(op, data):
     """Each operation of the generator, as the first node of a random network."""
     net = data.draw(nets(first=op, max_nodes=2))
     assume(net.nodes[0].op == op)
-    compare(net, cross_check=True)
+    try:
+        compare(net, cross_check=True)
+    except TypeError as error:
+        assume(SIZE_ONE_RESHAPE not in str(error))
+        raise
 
 
 @pytest.mark.slow
