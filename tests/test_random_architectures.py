@@ -629,8 +629,9 @@ def compare(net: Net, *, cross_check: bool = False, rules=None) -> None:
     """Assert analytic == measured at every output position (and the public APIs agree)."""
     fn = build(net)
     x = jnp.zeros(net.input_shape, jnp.float32)
-    with warnings.catch_warnings():  # random branches are often misaligned: expected
-        warnings.simplefilter("ignore", jaxrf.MisalignmentWarning)
+    with warnings.catch_warnings():  # random branches are often misaligned, and attention
+        warnings.simplefilter("ignore", jaxrf.MisalignmentWarning)  # over a whole map global:
+        warnings.simplefilter("ignore", jaxrf.GlobalReceptiveFieldWarning)  # both expected
         rf = jaxrf.receptive_field(fn, x, rules=rules)
     masks = measured_masks(fn, x)
     out_spatial = masks.shape[: net.ndim]
@@ -760,11 +761,12 @@ def test_every_operation_at_least_once(op, data):
 
 
 @pytest.mark.slow
-@settings(max_examples=300, **SETTINGS)
+@settings(max_examples=300, derandomize=True, **SETTINGS)
 @given(net=nets(ndims=(1, 2), max_nodes=6, ops=OPS + GRID_OPS), cross_check=st.integers(0, 9))
 def test_random_grid_architecture_matches_structural_support_slow(net, cross_check):
     """Grid operations (windows, shuffles, rolls, token prefixes, cond, scans) mixed with every
-    other operation: analytic == structural at every output position."""
+    other operation: analytic == structural at every output position. Derandomised (the same
+    300 networks in every CI run); fresh draws are an exploration run of their own."""
     try:
         compare(net, cross_check=cross_check == 0)
     except TypeError as error:
