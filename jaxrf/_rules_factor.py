@@ -192,6 +192,19 @@ def reshape(ctx, eqn, inputs):
     ]
 
 
+def _size_one_runs(shape) -> list[list[int]]:
+    """The positions of the size-1 axes of ``shape``, one run per gap between non-1 sizes (and
+    at either end): ``(1, 6, 1, 1) -> [[0], [2, 3]]``."""
+    out, run = [], []
+    for p, n in enumerate(shape):
+        if n == 1:
+            run.append(p)
+        else:
+            out.append(run)
+            run = []
+    return [*out, run]
+
+
 def _size_one_label_ambiguous(in_shape, out_shape, labels, moved: bool) -> bool:
     """Whether a size-1 spatial axis of the input has no one output axis to go to: the reshape
     moves digits between axes, or adds size-1 axes to the run of size-1 axes holding it
@@ -204,17 +217,7 @@ def _size_one_label_ambiguous(in_shape, out_shape, labels, moved: bool) -> bool:
     if moved:
         return True
 
-    def runs(shape):
-        out, run = [], []
-        for p, n in enumerate(shape):
-            if n == 1:
-                run.append(p)
-            else:
-                out.append(run)
-                run = []
-        return [*out, run]
-
-    pairs = zip(runs(in_shape), runs(out_shape), strict=True)
+    pairs = zip(_size_one_runs(in_shape), _size_one_runs(out_shape), strict=True)
     return any(len(a) < len(b) and any(p in a for p in labelled) for a, b in pairs)
 
 
@@ -225,18 +228,8 @@ def _new_ones(in_shape, out_shape) -> list[int]:
     first size-1 output axes carry the input's size-1 axes of that gap (a batch of 1), the rest
     are new: ``(1, C) -> (1, 1, 1, C)`` adds axes 1 and 2, not the batch axis 0.
     """
-
-    def gaps(shape):
-        out, run = [], []
-        for p, n in enumerate(shape):
-            if n == 1:
-                run.append(p)
-            else:
-                out.append(run)
-                run = []
-        return [*out, run]
-
-    return [p for a, b in zip(gaps(in_shape), gaps(out_shape), strict=True) for p in b[len(a) :]]
+    runs = zip(_size_one_runs(in_shape), _size_one_runs(out_shape), strict=True)
+    return [p for a, b in runs for p in b[len(a) :]]
 
 
 def _subpixel(state, label: Flat, name: str):

@@ -103,6 +103,7 @@ def test_unknown_section_is_named(tmp_path):
     assert out.returncode != 0 and "unknown ['erf999']" in out.stderr
 
 
+@pytest.mark.slow  # ~20 s: the profiler smoke test runs with the heavy set
 def test_profile_erf_quick(tmp_path):
     """The profile's FLOPs, read from the HLO text, are the same work under 'none' and 'matmul'
     and agree with XLA's own cost analysis (which also counts the elementwise operations)."""
