@@ -253,3 +253,39 @@ def test_window_partition_of_a_one_pixel_wide_map_raises():
 
     with pytest.raises(TypeError, match="size-1 spatial axis"):
         jaxrf.receptive_field(net, jnp.zeros((1, 6, 1, 1)))
+
+
+def _hiera_unroll(x):
+    """Hiera's unroll: (B, H, W, C) -> tokens ordered by the offset inside each 2x2 unit first
+    (all top-left pixels of the units, then all top-right, ...)."""
+    b, h, w, c = x.shape
+    t = x.reshape(b, h // 2, 2, w // 2, 2, c).transpose(0, 2, 4, 1, 3, 5)
+    return t.reshape(b, 4 * (h // 2) * (w // 2), c)
+
+
+def _hiera_reroll(t, h, w):
+    b, _, c = t.shape
+    return t.reshape(b, 2, 2, h // 2, w // 2, c).transpose(0, 3, 1, 4, 2, 5).reshape(b, h, w, c)
+
+
+def test_hiera_unroll_and_reroll_are_followed_exactly():
+    """Unroll, a per-token MLP (tokens do not mix), reroll, then a 3x3 VALID convolution on an
+    8x8 map: the unroll moves every pixel's digits into a token order that is not row-major and
+    the reroll puts them back, so output (i, j) reads [i, i + 2] x [j, j + 2], at every
+    position, analytically and structurally."""
+
+    def net(x):
+        t = jnp.tanh(_hiera_unroll(x) @ jnp.ones((x.shape[-1], 2)))
+        y = _hiera_reroll(t, x.shape[1], x.shape[2])
+        w = jnp.ones((3, 3, 2, 1))
+        return lax.conv_general_dilated(
+            y, w, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+
+    x = jnp.zeros((1, 8, 8, 1))
+    rf = jaxrf.receptive_field(net, x)
+    assert rf.output_shape == (6, 6) and rf.size == (3, 3) and rf.stride == (1, 1)
+    for i, j in np.ndindex(6, 6):
+        hand = ((i, i + 2), (j, j + 2))
+        assert rf.region((i, j), clip=True) == hand
+        assert jaxrf.actual_receptive_field(net, x, (i, j), mode="structural").box == hand
