@@ -5,8 +5,6 @@ Each expected box is derived in the test's docstring from what the operation rea
 (``actual_receptive_field(..., mode="structural")``) must equal it.
 """
 
-import warnings
-
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -26,16 +24,6 @@ def clip_box(lo, hi, n):
     return (max(lo, 0), min(hi, n - 1))
 
 
-def both_sides(fn, x, positions):
-    """(analytic, structural) boxes at ``positions``."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", jaxrf.MisalignmentWarning)
-        rf = jaxrf.receptive_field(fn, x)
-    analytic = [rf.region(p, clip=True) for p in positions]
-    measured = [jaxrf.actual_receptive_field(fn, x, p, mode="structural").box for p in positions]
-    return rf, analytic, measured
-
-
 X32 = jnp.zeros((1, 32, 32, 1), jnp.float32)
 POSITIONS = [(0, 0), (16, 16), (31, 5), (3, 30)]
 
@@ -44,7 +32,7 @@ def conv_stack_scan(x):
     return lax.scan(lambda c, _: (conv(c, 3), None), x, None, length=12)[0]
 
 
-def test_scan_of_twelve_3x3_convs():
+def test_scan_of_twelve_3x3_convs(both_sides):
     """12 SAME 3x3 convs: size ``1 + 12 * 2 = 25``; output ``i`` reads ``[i - 12, i + 12]``
     clipped to ``[0, 31]`` on each axis."""
     rf, analytic, measured = both_sides(conv_stack_scan, X32, POSITIONS)
@@ -55,7 +43,7 @@ def test_scan_of_twelve_3x3_convs():
     assert sum(r.op == "conv" for r in rf.layers) == 12
 
 
-def test_scan_over_stacked_weights():
+def test_scan_over_stacked_weights(both_sides):
     """``scan`` over 12 stacked 3x3 kernels (the ``nn.scan`` layout): as above."""
 
     def net(x):
@@ -86,7 +74,7 @@ def test_scan_fixed_point_stops_early():
     assert sum(r.op == "conv" for r in rf.layers) <= 2
 
 
-def test_fori_loop_static_and_traced_bounds():
+def test_fori_loop_static_and_traced_bounds(both_sides):
     """``fori_loop(0, 4, conv3)`` (a scan) has size 9; with a traced bound of 3 (a ``while``
     with a constant trip count) size 7."""
 
@@ -104,7 +92,7 @@ def test_fori_loop_static_and_traced_bounds():
         assert measured == expected
 
 
-def test_switch_with_a_constant_index_takes_its_branch():
+def test_switch_with_a_constant_index_takes_its_branch(both_sides):
     """``switch(1, [conv3, conv5])``: the 5x5 branch runs: ``[i - 2, i + 2]`` clipped."""
     index = jnp.asarray(1)
 
@@ -118,7 +106,7 @@ def test_switch_with_a_constant_index_takes_its_branch():
     assert measured == expected
 
 
-def test_cond_on_the_input_is_the_union_of_branches_and_predicate():
+def test_cond_on_the_input_is_the_union_of_branches_and_predicate(both_sides):
     """``cond(x[0, 0, 0, 0] > 0, conv3, conv5)``: the union of the 3x3 and 5x5 windows (the
     5x5 one) and the predicate's pixel (0, 0): rows ``[0, min(i + 2, 31)]``, same for cols."""
 
@@ -154,7 +142,7 @@ def test_while_with_an_input_dependent_trip_count_is_global():
     assert box == ((0, 31), (0, 31))
 
 
-def test_rev_then_conv():
+def test_rev_then_conv(both_sides):
     """``x[:, ::-1]`` then a 3x3 SAME conv: output row ``i`` reads reversed rows ``i - 1..i + 1``,
     i.e. input rows ``31 - i - 1..31 - i + 1`` clipped; columns as usual."""
 
@@ -245,7 +233,7 @@ def causal_recurrence(x, reverse=False):
 X10 = jnp.zeros((1, 10, 2), jnp.float32)
 
 
-def test_causal_scan_along_time():
+def test_causal_scan_along_time(both_sides):
     """Output ``t`` reads conv outputs ``0..t``, each reading ``[s - 1, s + 1]``: the region is
     ``[0, t + 1]`` clipped to ``[0, 9]``. Distill's numbers are those of a cumulative sum after
     the conv: size ``3 + 9 = 12``, padding ``1 + 9 = 10``."""
@@ -256,7 +244,7 @@ def test_causal_scan_along_time():
     assert rf.size == (12,) and rf.padding == (10,) and rf.stride == (1,)
 
 
-def test_reverse_scan_along_time():
+def test_reverse_scan_along_time(both_sides):
     """``reverse=True``: output ``t`` reads the suffix of steps ``t..9``: ``[t - 1, 9]`` clipped."""
 
     def net(x):
@@ -268,7 +256,7 @@ def test_reverse_scan_along_time():
     assert measured == expected
 
 
-def test_scan_over_image_rows_with_a_conv_along_columns():
+def test_scan_over_image_rows_with_a_conv_along_columns(both_sides):
     """Rows of an 8x8 map scanned top to bottom: ``h_t = conv3_W(h_{t-1} + x_t)``. Row ``s``
     reaches output row ``t >= s`` through ``t - s + 1`` convs along W, so output ``(t, j)``
     reads rows ``[0, t]`` and columns ``[j - t - 1, j + t + 1]`` (row 0's), clipped."""

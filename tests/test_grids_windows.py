@@ -4,8 +4,6 @@ Expected regions are derived by hand in each docstring from which input pixels e
 reads; the analytic region and the structural support must both equal them.
 """
 
-import warnings
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,15 +11,6 @@ import pytest
 from jax import lax
 
 import jaxrf
-
-
-def boxes(fn, x, positions):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", jaxrf.MisalignmentWarning)
-        rf = jaxrf.receptive_field(fn, x)
-    analytic = [rf.region(p, clip=True) for p in positions]
-    measured = [jaxrf.actual_receptive_field(fn, x, p, mode="structural").box for p in positions]
-    return rf, analytic, measured
 
 
 def partition(x, w):
@@ -69,18 +58,18 @@ X56 = jnp.zeros((1, 56, 56, 1), jnp.float32)
 TOKENS = [(0, 0), (6, 7), (7, 13), (13, 6), (3, 10)]
 
 
-def test_window_attention_after_patch_embedding():
+def test_window_attention_after_patch_embedding(both_sides):
     """W-MSA, patch 4, window 7, on 56x56 (14x14 tokens, 2x2 windows): token ``(i, j)`` reads
     its window's tokens ``7 (i // 7) .. 7 (i // 7) + 6``, i.e. pixel rows
     ``[28 (i // 7), 28 (i // 7) + 27]``, and the same for columns."""
-    rf, analytic, measured = boxes(wmsa, X56, TOKENS)
+    rf, analytic, measured = both_sides(wmsa, X56, TOKENS)
     expected = [tuple((28 * (i // 7), 28 * (i // 7) + 27) for i in p) for p in TOKENS]
     assert rf.output_shape == (14, 14)
     assert analytic == expected
     assert measured == expected
 
 
-def test_shifted_window_attention_wraps_and_reports_the_bounding_box():
+def test_shifted_window_attention_wraps_and_reports_the_bounding_box(both_sides):
     """SW-MSA (shift 3, no attention mask): after ``roll(-3)`` token ``i`` sits at ``(i - 3) mod
     14``, its window there is ``0..6`` for ``i`` in ``3..9`` (tokens ``3..9``: pixels
     ``[12, 39]``) and ``7..13`` otherwise, i.e. tokens ``{10..13, 0..2}``: a wrapped set whose
@@ -89,7 +78,7 @@ def test_shifted_window_attention_wraps_and_reports_the_bounding_box():
     def sw(x):
         return wmsa(x, shift=3)
 
-    rf, analytic, measured = boxes(sw, X56, TOKENS)
+    rf, analytic, measured = both_sides(sw, X56, TOKENS)
 
     def rows(i):
         return (12, 39) if 3 <= i <= 9 else (0, 55)
@@ -99,7 +88,7 @@ def test_shifted_window_attention_wraps_and_reports_the_bounding_box():
     assert measured == expected
 
 
-def test_roll_is_exact_per_index():
+def test_roll_is_exact_per_index(both_sides):
     """``roll(x, 2)`` on 6 pixels: ``y = (x4, x5, x0, x1, x2, x3)``, output ``i`` reads
     ``(i - 2) mod 6``. After a 3-tap SAME conv (zero padding): output 0 reads ``{4, 5}``,
     output 1 ``{4, 5, 0}`` and 2 ``{5, 0, 1}`` (wrapped sets: their bounding box ``(0, 5)``),
@@ -113,9 +102,9 @@ def test_roll_is_exact_per_index():
 
     x = jnp.zeros((1, 6, 1))
     positions = [(i,) for i in range(6)]
-    _, analytic, measured = boxes(lambda v: jnp.roll(v, 2, axis=1), x, positions)
+    _, analytic, measured = both_sides(lambda v: jnp.roll(v, 2, axis=1), x, positions)
     assert analytic == measured == [(((i - 2) % 6, (i - 2) % 6),) for i in range(6)]
-    _, analytic, measured = boxes(net, x, positions)
+    _, analytic, measured = both_sides(net, x, positions)
     expected = [((4, 5),), ((0, 5),), ((0, 5),), ((0, 2),), ((1, 3),), ((2, 3),)]
     assert analytic == expected
     assert measured == expected
@@ -139,20 +128,20 @@ X8 = jnp.zeros((1, 8, 12, 2), jnp.float32)
 PIXELS = [(0, 0), (5, 7), (7, 11), (3, 4)]
 
 
-def test_maxvit_block_attention():
+def test_maxvit_block_attention(both_sides):
     """Block (window) attention with 4x4 blocks on 8x12: pixel ``(h, w)`` reads its block
     ``[4 (h // 4), 4 (h // 4) + 3]`` x ``[4 (w // 4), 4 (w // 4) + 3]``."""
-    _, analytic, measured = boxes(block_attention, X8, PIXELS)
+    _, analytic, measured = both_sides(block_attention, X8, PIXELS)
     expected = [tuple((4 * (i // 4), 4 * (i // 4) + 3) for i in p) for p in PIXELS]
     assert analytic == expected
     assert measured == expected
 
 
-def test_maxvit_grid_attention():
+def test_maxvit_grid_attention(both_sides):
     """Grid attention, g = 2, on 8x12: pixel ``(h, w)`` reads the rows ``{h mod 4, h mod 4 +
     4}`` and columns ``{w mod 6, w mod 6 + 6}``: boxes ``(h mod 4, h mod 4 + 4)`` and
     ``(w mod 6, w mod 6 + 6)``."""
-    _, analytic, measured = boxes(grid_attention, X8, PIXELS)
+    _, analytic, measured = both_sides(grid_attention, X8, PIXELS)
     expected = [((h % 4, h % 4 + 4), (w % 6, w % 6 + 6)) for h, w in PIXELS]
     assert analytic == expected
     assert measured == expected
@@ -172,10 +161,10 @@ def space_to_depth(x, r=2):
     return x.reshape(b, h // r, w // r, r * r * c)
 
 
-def test_pixel_shuffle_repeats_each_input_pixel():
+def test_pixel_shuffle_repeats_each_input_pixel(both_sides):
     """Output ``(y, x)`` of a 2x pixel shuffle reads input ``(y // 2, x // 2)``."""
     x = jnp.zeros((1, 4, 6, 4))
-    rf, analytic, measured = boxes(pixel_shuffle, x, [(0, 0), (3, 5), (7, 11), (4, 1)])
+    rf, analytic, measured = both_sides(pixel_shuffle, x, [(0, 0), (3, 5), (7, 11), (4, 1)])
     assert rf.output_shape == (8, 12)
     expected = [((y // 2, y // 2), (v // 2, v // 2)) for y, v in [(0, 0), (3, 5), (7, 11), (4, 1)]]
     assert analytic == expected
@@ -183,7 +172,7 @@ def test_pixel_shuffle_repeats_each_input_pixel():
 
 
 @pytest.mark.parametrize("head", ["dense", "conv"])
-def test_space_to_depth_then_channel_mixing(head):
+def test_space_to_depth_then_channel_mixing(head, both_sides):
     """Space-to-depth by 2 then a dense layer or a 1x1 conv over the channels: output
     ``(i, j)`` reads the 2x2 block ``[2i, 2i + 1] x [2j, 2j + 1]``."""
 
@@ -197,18 +186,18 @@ def test_space_to_depth_then_channel_mixing(head):
 
     x = jnp.zeros((1, 4, 6, 2))
     positions = [(0, 0), (1, 2), (0, 1)]
-    rf, analytic, measured = boxes(net, x, positions)
+    rf, analytic, measured = both_sides(net, x, positions)
     assert rf.output_shape == (2, 3)
     expected = [((2 * i, 2 * i + 1), (2 * j, 2 * j + 1)) for i, j in positions]
     assert analytic == expected
     assert measured == expected
 
 
-def test_space_to_depth_round_trip_is_the_identity():
+def test_space_to_depth_round_trip_is_the_identity(both_sides):
     """``pixel_shuffle(space_to_depth(x))`` is ``x``: output ``(y, x)`` reads ``(y, x)``."""
     x = jnp.zeros((1, 4, 6, 2))
     positions = [(0, 0), (3, 5), (2, 3)]
-    _, analytic, measured = boxes(lambda v: pixel_shuffle(space_to_depth(v)), x, positions)
+    _, analytic, measured = both_sides(lambda v: pixel_shuffle(space_to_depth(v)), x, positions)
     expected = [((i, i), (j, j)) for i, j in positions]
     assert analytic == expected
     assert measured == expected
