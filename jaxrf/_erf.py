@@ -67,7 +67,7 @@ from ._gradient import (
 )
 from ._lowering import lower_convs, resolve_lowering
 from ._prune import prune_to_cone
-from ._xla import jit
+from ._xla import LOWERED_VALUE, jit
 
 
 @dataclass(frozen=True)
@@ -115,8 +115,7 @@ def _sample_maps(apply, params, xi, indices, weights, in_layout, out_layouts, re
     return tuple(maps)
 
 
-@functools.partial(jit, static_argnames=("apply", "in_layout", "out_layouts", "reduce", "lowering"))
-def _batch_sum(
+def _batch_sum_of(
     apply, params, xb, valid, indices, weights, *, in_layout, out_layouts, reduce, lowering
 ):
     """Per probed output, the sum over the valid, finite samples of their maps; counts.
@@ -144,6 +143,21 @@ def _batch_sum(
     )
     bad = valid & ~finite
     return totals, jnp.sum(keep), jnp.sum(bad), jnp.argmax(bad)
+
+
+_STATIC = ("apply", "in_layout", "out_layouts", "reduce", "lowering")
+#: The step as compiled: under a CPU lowering with XLA's own convolutions and YNNPACK's dots
+#: (faster on the CPUs measured, see :mod:`jaxrf._xla`); with ``lowering="none"`` as any
+#: other jaxrf program.
+_BATCH_SUM = {
+    "none": jit(_batch_sum_of, static_argnames=_STATIC),
+    "lowered": jit(_batch_sum_of, static_argnames=_STATIC, ynn=LOWERED_VALUE),
+}
+
+
+def _batch_sum(*args, lowering, **kwargs):
+    step = _BATCH_SUM["none" if lowering == "none" else "lowered"]
+    return step(*args, lowering=lowering, **kwargs)
 
 
 @dataclass(frozen=True)

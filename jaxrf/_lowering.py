@@ -10,7 +10,10 @@ plain product can express replaced by one: a 1x1 kernel becomes a (strided) slic
 ``dot_general`` over channels (policy ``"matmul"``; ``"patches"`` also turns a larger kernel
 into its patches, one strided slice per kernel offset concatenated on the channel axis, and
 one ``dot_general``); the input gradient of a stride-1 replacement is again patches times a
-matrix. A strided convolution reading an image (at most 4 channels: a stem) keeps XLA's
+matrix. A depthwise convolution (one input channel per group, no channel multiplier) becomes
+one strided slice per kernel tap times that tap's per-channel weights, summed (any policy but
+``"none"``; XLA:CPU runs it 20-30x faster than the grouped convolution). A strided
+convolution reading an image (at most 4 channels: a stem) keeps XLA's
 forward but gets a phase-decomposed input gradient (:func:`phase_kernel`) instead of XLA's
 lhs-dilated convolution, which multiplies the inserted zeros. ``reduce_window_max`` gets a
 gradient made of slices and pads instead of select-and-scatter (:func:`max_pool`). Which
@@ -18,8 +21,9 @@ primitives are rewritten, and which calls are inlined, is read from the registry
 ``lowering`` entries (:mod:`jaxrf._registry`).
 
 The replacement computes the same sums in another order: float32 results agree with the
-convolution to rounding (relative 1e-6), not bit for bit. Convolutions with feature or batch
-groups, or with input (lhs) dilation (transposed convolutions), are left as they are.
+convolution to rounding (relative 1e-6), not bit for bit. Other convolutions with feature
+groups, and those with batch groups or input (lhs) dilation (transposed convolutions), are
+left as they are.
 """
 
 from __future__ import annotations
@@ -72,13 +76,40 @@ def resolve_lowering(lowering: str, devices=None) -> str:
 _PHASE_MAX_IN_CHANNELS = 4
 
 
+#: Depthwise convolutions with at most this many kernel taps become one slice per tap; more
+#: than :data:`_DEPTHWISE_UNROLL` taps loop over the first axis (see :func:`_depthwise_taps`).
+_DEPTHWISE_MAX_TAPS = 64 * 64
+_DEPTHWISE_UNROLL = 81
+
+
+def _depthwise(params, kernel_shape) -> bool:
+    """One input channel per group and one output channel per input channel (no multiplier)."""
+    rspec = params["dimension_numbers"].rhs_spec
+    groups = params["feature_group_count"]
+    return (
+        groups > 1
+        and params["batch_group_count"] == 1
+        and all(d == 1 for d in params["lhs_dilation"])
+        and kernel_shape[rspec[1]] == 1
+        and kernel_shape[rspec[0]] == groups
+        and math.prod(kernel_shape[a] for a in rspec[2:]) <= _DEPTHWISE_MAX_TAPS
+    )
+
+
 def eligible(params, kernel_shape, policy: str) -> str | None:
     """How a ``conv_general_dilated`` with these params is rewritten under ``policy``.
 
     ``"dot"`` (patches x matrix), ``"native"`` (XLA's forward, phase-decomposed input
-    gradient: strided convolutions under ``"matmul"``) or ``None`` (left as it is).
+    gradient: strided convolutions under ``"matmul"``), ``"depthwise"`` (one strided slice
+    times a per-channel weight per kernel tap, summed: XLA:CPU ran a 7x7 depthwise
+    convolution of 96 channels at 56 x 56 in 14 ms this way against 340-560 ms as a
+    convolution) or ``None`` (left as it is).
     """
-    if policy == "none" or not _plain(params):
+    if policy == "none":
+        return None
+    if _depthwise(params, kernel_shape):
+        return "depthwise"
+    if not _plain(params):
         return None
     if policy == "patches":
         return "dot"
@@ -138,6 +169,45 @@ def _patches_dot(x, w, strides, dilation, precision, preferred):
     )
 
 
+def _depthwise_taps(x, w, strides, dilation, preferred):
+    """Depthwise convolution, already padded: ``x`` (N, *S, C), ``w`` (*K, 1, C), VALID.
+
+    One strided slice per tap times that tap's per-channel weights, summed. Kernels of more
+    than :data:`_DEPTHWISE_UNROLL` taps loop over the first spatial axis's taps (``lax.scan``)
+    and unroll the rest, so the program grows with one row of taps, not all of them.
+    """
+    nd = x.ndim - 2
+    kernel = w.shape[:nd]
+    if preferred is not None:
+        x, w = x.astype(preferred), w.astype(preferred)
+    out = [
+        (x.shape[1 + a] - (kernel[a] - 1) * dilation[a] - 1) // strides[a] + 1 for a in range(nd)
+    ]
+    if math.prod(kernel) <= _DEPTHWISE_UNROLL or nd == 1:
+        return _tap_sum(x, w, kernel, strides, dilation, out)
+    span = (out[0] - 1) * strides[0] + 1  # rows of x one tap of the first axis reads
+
+    def row(acc, i):
+        rows = lax.dynamic_slice_in_dim(x, i * dilation[0], span, axis=1)
+        wi = lax.dynamic_index_in_dim(w, i, axis=0, keepdims=True)
+        return acc + _tap_sum(rows, wi, (1, *kernel[1:]), strides, dilation, out), None
+
+    zero = jnp.zeros((x.shape[0], *out, x.shape[-1]), x.dtype)
+    return lax.scan(row, zero, jnp.arange(kernel[0]))[0]
+
+
+def _tap_sum(x, w, kernel, strides, dilation, out):
+    taps = itertools.product(*(range(k) for k in kernel))
+    acc = None
+    for tap, (start, limit) in zip(
+        taps, _window_offsets(kernel, dilation, strides, out), strict=True
+    ):
+        cut = lax.slice(x, (0, *start, 0), (x.shape[0], *limit, x.shape[-1]), (1, *strides, 1))
+        term = cut * w[(*tap, 0)]
+        acc = term if acc is None else acc + term
+    return acc
+
+
 def _pad(x, padding):
     pads = [(0, 0, 0)] + [(lo, hi, 0) for lo, hi in padding] + [(0, 0, 0)]
     if all(p == (0, 0, 0) for p in pads):
@@ -165,7 +235,15 @@ def _native(x, w, strides, padding, dilation, precision, preferred):
 
 
 def _forward(x, w, p: _Static, how: str):
-    """Canonical convolution: ``how`` = "dot" (patches x matrix) or "native"."""
+    """Canonical convolution: ``how`` = "dot" (patches x matrix), "depthwise" or "native"."""
+    if how == "depthwise":
+        return _depthwise_taps(
+            _pad(x, p["padding"]),
+            w,
+            p["window_strides"],
+            p["rhs_dilation"],
+            p["preferred_element_type"],
+        )
     if how == "native":
         return _native(
             x,
@@ -267,19 +345,20 @@ def _canonical_conv_bwd(p, how, res, g):
     nd = x.ndim - 2
     strides, dil = p["window_strides"], p["rhs_dilation"]
     if all(s == 1 for s in strides):
-        # Stride 1: the input gradient is again a convolution (kernel flipped, I and O swapped,
-        # padding (k - 1) d - pad), computed the way the forward is.
+        # Stride 1: the input gradient is again a convolution (kernel flipped, I and O swapped
+        # unless depthwise, padding (k - 1) d - pad), computed the way the forward is.
         kernel = w.shape[:nd]
-        wt = jnp.swapaxes(lax.rev(w, tuple(range(nd))), nd, nd + 1)
+        wt = lax.rev(w, tuple(range(nd)))
+        wt = wt if how == "depthwise" else jnp.swapaxes(wt, nd, nd + 1)
         pads = tuple(
             ((k - 1) * d - lo, (k - 1) * d - hi)
             for k, d, (lo, hi) in zip(kernel, dil, p["padding"], strict=True)
         )
         flipped = _Static.of({**dict(p.items), "padding": pads, "preferred_element_type": None})
         dx = _forward(g, wt, flipped, how).astype(x.dtype)
-    elif all(d == 1 for d in dil) and any(k > 1 for k in w.shape[:nd]):
+    elif how != "depthwise" and all(d == 1 for d in dil) and any(k > 1 for k in w.shape[:nd]):
         dx = _strided_input_grad(g, w, p, x.shape).astype(x.dtype)
-    else:  # strided 1x1 (a slice and a product) or dilated: autodiff of the forward
+    else:  # strided 1x1 (a slice and a product), strided depthwise or dilated: autodiff
         dx = jax.vjp(lambda x_: _forward(x_, w, p, how), x)[1](g)[0]
     dw = jax.vjp(lambda w_: _forward(x, w_, p, how), w)[1](g)[0]  # dead code under jit
     return dx, dw

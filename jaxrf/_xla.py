@@ -22,7 +22,16 @@ Two layers:
   per-program compiler option, so the programs jaxrf compiles are guarded even when JAX started
   before ``import jaxrf`` (a compiler option takes a list of fusion types, not ``-reduce``).
 
-Set ``JAXRF_KEEP_XLA_FLAGS=1`` to leave XLA's defaults alone (both layers off).
+A third use of the same option is speed, not safety. On the 2-core AVX2 machine jaxrf is
+developed on, XLA's own (Eigen) convolutions ran 1.6-2.5x faster than YNNPACK's for the dense
+and grouped convolutions of a ResNet (3x3 64 -> 64 at 56 x 56: 97 against 59 GFLOP/s; 1x1
+256 -> 64: 91 against 40), while YNNPACK's dots were faster than Eigen's (110 against 91
+GFLOP/s for a 2048 matmul); only depthwise convolutions ran faster in YNNPACK, and the CPU
+lowering replaces those by slices (:mod:`jaxrf._lowering`). So the ERF step under a CPU
+lowering is compiled with YNNPACK limited to single dots (:data:`LOWERED_VALUE`, ``jit(...,
+ynn=LOWERED_VALUE)``); ``experiments/benchmark.py`` measures the difference.
+
+Set ``JAXRF_KEEP_XLA_FLAGS=1`` to leave XLA's defaults alone (all three off).
 """
 
 from __future__ import annotations
@@ -35,6 +44,8 @@ import jax
 FLAG = "xla_cpu_experimental_ynn_fusion_type"
 ENV_VALUE = "-reduce"  # XLA's default list without the reduce fusions
 PROGRAM_VALUE = "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION,LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"
+#: The ERF step under a CPU lowering: YNNPACK runs single dots, XLA its own convolutions.
+LOWERED_VALUE = "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"
 OPT_OUT = "JAXRF_KEEP_XLA_FLAGS"
 # The first jaxlib this guard is known to be needed and accepted in: an unknown flag in
 # XLA_FLAGS aborts the process, so older versions are left alone.
@@ -72,19 +83,27 @@ def configure() -> bool:
     Returns whether it changed ``XLA_FLAGS``.
     """
     flags = os.environ.get("XLA_FLAGS", "")
+    global _CONFIGURED
     if _opted_out() or FLAG in flags or _jaxlib_version() < MIN_JAXLIB or _backends_started():
         return False
     os.environ["XLA_FLAGS"] = f"{flags} --{FLAG}={ENV_VALUE}".strip()
+    _CONFIGURED = True
     return True
 
 
+_CONFIGURED = False  # whether configure() set the flag (rather than the user)
+
+
 @functools.cache
-def compiler_options() -> dict:
-    """The per-program options :func:`jit` adds: ``{FLAG: PROGRAM_VALUE}``, or ``{}`` when not
-    needed (opted out, or ``XLA_FLAGS`` already sets the flag) or not accepted by this XLA."""
-    if _opted_out() or FLAG in os.environ.get("XLA_FLAGS", ""):
+def compiler_options(value: str = PROGRAM_VALUE) -> dict:
+    """The per-program options :func:`jit` adds: ``{FLAG: value}``, or ``{}`` when not needed
+    or not wanted (opted out; the user set the flag in ``XLA_FLAGS``; ``value`` is
+    :data:`PROGRAM_VALUE` and :func:`configure` already set the same guard for the process) or
+    not accepted by this XLA."""
+    set_in_env = FLAG in os.environ.get("XLA_FLAGS", "")
+    if _opted_out() or (set_in_env and (not _CONFIGURED or value == PROGRAM_VALUE)):
         return {}
-    options = {FLAG: PROGRAM_VALUE}
+    options = {FLAG: value}
     try:
         jax.jit(lambda v: v + 1, compiler_options=options).lower(1.0).compile()
     except Exception:  # this XLA has no such option (older jaxlib): nothing to guard
@@ -97,8 +116,8 @@ class _Jit:
     called at top level (JAX accepts compiler options only there; a call inside another trace,
     such as one of jaxrf's own jitted programs, is compiled with that program's options)."""
 
-    def __init__(self, fun, options):
-        self._fun, self._options = fun, options
+    def __init__(self, fun, options, ynn):
+        self._fun, self._options, self._ynn = fun, options, ynn
         self._top = self._nested = None
         functools.update_wrapper(self, fun)
 
@@ -106,7 +125,7 @@ class _Jit:
     def jitted(self):
         """The top-level program, with the guard's compiler options."""
         if self._top is None:
-            guard = compiler_options()
+            guard = compiler_options(self._ynn)
             self._top = jax.jit(self._fun, **self._options, compiler_options=guard or None)
         return self._top
 
@@ -119,19 +138,21 @@ class _Jit:
         return self.jitted(*args, **kwargs)
 
     def __getattr__(self, name):  # lower, trace, _cache_size, ...
-        if name.startswith("__") or name in ("_fun", "_options", "_top", "_nested"):
+        if name.startswith("__") or name in ("_fun", "_options", "_ynn", "_top", "_nested"):
             raise AttributeError(name)
         return getattr(self.jitted, name)
 
 
-def jit(fun=None, **options):
+def jit(fun=None, *, ynn: str = PROGRAM_VALUE, **options):
     """``jax.jit`` with the YNNPACK fusions off for this program (see the module docstring).
 
     Used as ``jit(f, static_argnames=...)``, ``@jit`` or ``@functools.partial(jit, ...)``.
+    ``ynn``: the YNNPACK fusion types the program may use (:data:`PROGRAM_VALUE`, the guard;
+    :data:`LOWERED_VALUE`, dots only).
     """
     if fun is None:
-        return functools.partial(jit, **options)
-    return _Jit(fun, options)
+        return functools.partial(jit, ynn=ynn, **options)
+    return _Jit(fun, options, ynn)
 
 
 configure()

@@ -592,3 +592,113 @@ def test_resolve_lowering():
 def test_lower_convs_bad_policy(policy):
     with pytest.raises(ValueError, match=rf"`policy` \(='{policy}'\).*resolve_lowering"):
         lower_convs(_nhwc_conv(), policy)
+
+
+# --------------------------------------------------------------------------------------------
+# 6. Depthwise convolutions as one slice per tap
+
+
+DEPTHWISE_CASES = [
+    # (spatial dims, kernel, stride, dilation, padding): unrolled (<= 81 taps) and looped over
+    # the first axis (more taps), SAME / VALID / uneven explicit padding, strided, dilated
+    (2, 3, 1, 1, "SAME"),
+    (2, 4, 2, 1, "VALID"),
+    (2, 3, 3, 2, ((2, 0), (1, 3))),
+    (2, 11, 1, 1, "SAME"),
+    (2, 10, 3, 2, ((4, 1), (0, 7))),
+    (2, 13, 2, 1, "VALID"),
+    (1, 31, 1, 1, "SAME"),
+    (1, 9, 2, 2, "SAME"),
+    (3, 5, 2, 1, "SAME"),
+]
+
+
+def _depthwise_conv(nd, kernel, stride, dilation, padding, channels_first, c=3):
+    """A depthwise convolution (one input channel per group, no multiplier) and its kernel."""
+    sp = SPATIAL[nd]
+    if channels_first:
+        dn = ("NC" + sp, "OI" + sp, "NC" + sp)
+        w_shape = (c, 1, *(kernel,) * nd)
+    else:
+        dn = ("N" + sp + "C", sp + "IO", "N" + sp + "C")
+        w_shape = (*(kernel,) * nd, 1, c)
+    pads = padding if isinstance(padding, str) else padding[:nd]
+
+    def conv(x, w):
+        return lax.conv_general_dilated(
+            x,
+            w,
+            (stride,) * nd,
+            pads,
+            rhs_dilation=(dilation,) * nd,
+            dimension_numbers=dn,
+            feature_group_count=c,
+        )
+
+    return conv, w_shape
+
+
+@pytest.mark.parametrize("case", DEPTHWISE_CASES)
+@pytest.mark.parametrize("channels_first", [False, True])
+def test_depthwise_conv_matches_conv(case, channels_first):
+    """Values and input gradients of the rewritten depthwise convolution agree with XLA's
+    grouped convolution to float64 rounding, and no convolution is left in either pass."""
+    nd = case[0]
+    conv, w_shape = _depthwise_conv(*case, channels_first)
+    rng = np.random.default_rng(DEPTHWISE_CASES.index(case))
+    with jax.enable_x64(True):
+        x_shape = (2, 3, *(17,) * nd) if channels_first else (2, *(17,) * nd, 3)
+        x = jnp.asarray(rng.standard_normal(x_shape))
+        w = jnp.asarray(rng.standard_normal(w_shape))
+        y, pull = jax.vjp(lambda x_: conv(x_, w), x)
+        g = jnp.asarray(rng.standard_normal(y.shape))
+        y2, pull2 = jax.vjp(jax.jit(lambda x_: lower_convs(conv, "matmul")(x_, w)), x)
+        assert_close(y2, y, 1e-13)
+        assert_close(pull2(g)[0], pull(g)[0], 1e-13)
+        loss = lambda x_, w_: jnp.sum(lower_convs(conv, "matmul")(x_, w_) * g)  # noqa: E731
+        closed = jax.make_jaxpr(jax.grad(loss))(x, w)
+    assert "conv_general_dilated" not in count_primitives(closed)
+
+
+def test_depthwise_by_hand():
+    """3x3 depthwise kernel of ones, SAME: each output sums its 3x3 neighbourhood of the same
+    channel; channel 1 is scaled by 2. Input: ones at 5x5, so corners 4, edges 6, inside 9."""
+    conv, _ = _depthwise_conv(2, 3, 1, 1, "SAME", False, c=2)
+    w = jnp.ones((3, 3, 1, 2)).at[..., 1].set(2.0)
+    y = lower_convs(conv, "matmul")(jnp.ones((1, 5, 5, 2)), w)
+    counts = np.array([2, 3, 3, 3, 2])
+    np.testing.assert_array_equal(y[0, :, :, 0], np.outer(counts, counts))
+    np.testing.assert_array_equal(y[0, :, :, 1], 2 * np.outer(counts, counts))
+
+
+def test_depthwise_with_multiplier_is_kept():
+    """Two output channels per input channel (a channel multiplier) stay XLA's convolution."""
+    conv = _nhwc_conv(feature_group_count=4)
+    counts = _counts(conv, (3, 3, 1, 8), "matmul")
+    assert counts.get("conv_general_dilated", 0) == 1
+
+
+def test_erf_depthwise_network_lowerings_agree_float64():
+    """A ConvNeXt-like block (7x7 depthwise, 1x1 expand, GELU, 1x1 project, residual) and a
+    31x31 depthwise layer: the lowered ERF equals lowering='none' to float64 rounding."""
+    rng = np.random.default_rng(3)
+    with jax.enable_x64(True):
+        w_dw = jnp.asarray(rng.standard_normal((7, 7, 1, 8)) / 7)
+        w_big = jnp.asarray(rng.standard_normal((31, 31, 1, 8)) / 31)
+        w_in = jnp.asarray(rng.standard_normal((1, 1, 2, 8)))
+        w_up = jnp.asarray(rng.standard_normal((8, 16)) / 3)
+        w_down = jnp.asarray(rng.standard_normal((16, 8)) / 4)
+        dw = _nhwc_conv(feature_group_count=8)
+
+        def fn(x):
+            h = _nhwc_conv()(x, w_in)
+            h = h + jax.nn.gelu(dw(h, w_dw) @ w_up) @ w_down
+            return dw(h, w_big)
+
+        x = jnp.asarray(rng.standard_normal((2, 40, 40, 2)))
+        maps = {
+            lowering: jaxrf.effective_receptive_field(fn, x, reduce="signed", lowering=lowering).map
+            for lowering in ("none", "matmul")
+        }
+        assert np.abs(maps["none"]).max() > 0
+        assert_close(maps["matmul"], maps["none"], 1e-12)

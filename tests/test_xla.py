@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+import jaxrf
 from jaxrf import _gradient, _xla
 
 DN = ("NHWC", "HWIO", "NHWC")
@@ -123,3 +124,60 @@ def test_fresh_process_maps_are_right(tmp_path, order):
         per_program = order == "jax-first"
         box = ((30, 34), (30, 34))
         assert out.stdout.split("\n")[0] == f"{[box, box]} True {per_program}"
+
+
+def test_lowered_erf_step_runs_xla_convolutions(monkeypatch):
+    """Under a CPU lowering the ERF step leaves convolutions to XLA (faster than YNNPACK's on
+    the machines measured, see jaxrf._xla) and dots to YNNPACK; with lowering='none' YNNPACK
+    runs the convolutions as in every other jaxrf program."""
+    from jaxrf import _erf
+
+    w3 = jnp.ones((3, 3, 64, 64))  # YNNPACK takes convolutions of this size, not tiny ones
+    w1 = jnp.ones((64, 64))
+
+    def net(x):
+        h = jax.lax.conv_general_dilated(x, w3, (1, 1), "SAME", dimension_numbers=DN)
+        return h @ w1
+
+    calls = {}
+    for key, step in dict(_erf._BATCH_SUM).items():
+
+        def spy(*args, _step=step, _key=key, **kwargs):
+            calls[_key] = (args, kwargs)
+            return _step(*args, **kwargs)
+
+        spy.lower = step.lower
+        monkeypatch.setitem(_erf._BATCH_SUM, key, spy)
+    x = jnp.zeros((2, 32, 32, 64))
+    for lowering in ("matmul", "none"):
+        jaxrf.effective_receptive_field(net, x, lowering=lowering)
+    texts = {
+        key: step.lower(*calls[key][0], **calls[key][1]).compile().as_text()
+        for key, step in _erf._BATCH_SUM.items()
+    }
+    lowered = [op for ops in _ynn_fusions(texts["lowered"]) for op in ops]
+    assert "convolution" in texts["lowered"] and "convolution" not in lowered
+    assert "dot" in lowered
+    plain = [op for ops in _ynn_fusions(texts["none"]) for op in ops]
+    assert "convolution" in plain
+
+
+def test_lowered_value_respects_the_user(monkeypatch):
+    """A flag value of the user's own in XLA_FLAGS, or the opt-out, turns the speed option off
+    too; the guard set by configure() does not."""
+    monkeypatch.setattr(_xla, "_CONFIGURED", True)
+    monkeypatch.delenv(_xla.OPT_OUT, raising=False)
+    monkeypatch.setenv("XLA_FLAGS", f"--{_xla.FLAG}={_xla.ENV_VALUE}")
+    _xla.compiler_options.cache_clear()
+    try:
+        assert _xla.compiler_options(_xla.LOWERED_VALUE) == {_xla.FLAG: _xla.LOWERED_VALUE}
+        assert _xla.compiler_options() == {}  # the same guard is in XLA_FLAGS already
+        _xla.compiler_options.cache_clear()
+        monkeypatch.setattr(_xla, "_CONFIGURED", False)  # the user's own value
+        assert _xla.compiler_options(_xla.LOWERED_VALUE) == {}
+        _xla.compiler_options.cache_clear()
+        monkeypatch.setattr(_xla, "_CONFIGURED", True)
+        monkeypatch.setenv(_xla.OPT_OUT, "1")
+        assert _xla.compiler_options(_xla.LOWERED_VALUE) == {}
+    finally:
+        _xla.compiler_options.cache_clear()
