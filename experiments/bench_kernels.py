@@ -1,6 +1,8 @@
 """The weak kernels of the ERF step: ResNet-50's 3x3 64-channel convolutions at 56x56 (batch 8)
-in several formulations, timed in interleaved rounds against XLA's own convolution, each checked
-against a float64 reference.
+in several formulations, timed in interleaved rounds against XLA:CPU's convolution as jaxrf
+compiles it with ``lowering="none"`` (YNNPACK's), each checked against a float64 reference. One
+formulation is the same convolution with YNNPACK off (XLA's own, Eigen), which is how the ERF
+step is compiled under a CPU lowering (jaxrf._xla).
 
 The input gradient of a stride-1 SAME 3x3 convolution is the SAME convolution of the output
 cotangent with the spatially flipped kernel with input and output channels swapped, so every
@@ -10,6 +12,7 @@ timed as the gradient's baseline.
 
 from __future__ import annotations
 
+import functools
 import statistics
 
 import jax
@@ -17,6 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 from bench_common import matmul_fn, rounds, row, spread
 from jax import lax
+
+import jaxrf
+from jaxrf import _xla
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 _BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float64)
@@ -104,7 +110,55 @@ def section_kernels(quick: bool, rounds_n: int | None = None) -> list[dict]:
     for direction, kern in (("fwd", w), ("bwd", flipped(w))):
         cands = _candidates(x, w, kern, direction)
         out += _time_candidates(direction, cands, ref[direction], flops, quick, rounds_n)
+    _depthwise(quick, rounds_n)
     return out
+
+
+def _depthwise(quick: bool, rounds_n: int | None):
+    """ConvNeXt's 7x7 depthwise convolution (96 channels at 56x56, batch 8), value and input
+    gradient: XLA's grouped convolution (either backend) against jaxrf's lowering (one slice per
+    tap), in interleaved rounds; the lowered result checked against float64."""
+    n, hw, c = (2, 16, 8) if quick else (8, 56, 96)
+    kx, kw = jax.random.split(jax.random.key(8))
+    x = jax.random.normal(kx, (n, hw, hw, c), jnp.float32)
+    w = jax.random.normal(kw, (7, 7, 1, c), jnp.float32) / 7
+
+    def dw(v, k):
+        return lax.conv_general_dilated(
+            v, k, (1, 1), "SAME", dimension_numbers=NHWC, feature_group_count=c
+        )
+
+    def step(f):
+        return lambda v: jax.vjp(lambda u: f(u, w), v)[1](v)[0]
+
+    own = _xla.compiler_options(_xla.LOWERED_VALUE) or None
+    fns = {
+        "grouped conv, YNNPACK": jax.jit(step(dw)),
+        "grouped conv, XLA's own": jax.jit(step(dw), compiler_options=own),
+        "jaxrf lowering (slices)": jax.jit(
+            step(jaxrf.lower_convs(dw, "matmul")), compiler_options=own
+        ),
+    }
+    with jax.enable_x64(True):
+        ref = np.asarray(step(dw)(jnp.asarray(x, jnp.float64)))
+    err = np.abs(np.asarray(fns["jaxrf lowering (slices)"](x)) - ref).max() / np.abs(ref).max()
+    t = rounds(
+        {k: functools.partial(f, x) for k, f in fns.items()}, rounds_n or (3 if quick else 5)
+    )
+    base = t["grouped conv, YNNPACK"]
+    for k, v in t.items():
+        note = f"ms {1e3 * statistics.median(v):.1f}" + (
+            f"; max rel. error vs float64 {err:.2g}" if "slices" in k else ""
+        )
+        speed = [b / s for b, s in zip(base, v, strict=True)]
+        row(
+            "kernels",
+            f"depthwise 7x7, {c} ch at {hw}x{hw}, forward + input gradient: {k}",
+            "speed vs grouped conv, YNNPACK (per round)",
+            statistics.median(speed),
+            "x",
+            spread(speed) + "; " + note,
+        )
 
 
 def _candidates(x, w, kern, direction):
@@ -112,9 +166,11 @@ def _candidates(x, w, kern, direction):
     xn, kn = jnp.transpose(x, (0, 3, 1, 2)), jnp.transpose(kern, (3, 2, 0, 1))
     u = jnp.asarray(winograd_kernel(kern))
     base, nchw = jax.jit(conv_nhwc), jax.jit(conv_nchw)
+    own = jax.jit(conv_nhwc, compiler_options=_xla.compiler_options(_xla.LOWERED_VALUE) or None)
     patches, wino = jax.jit(conv_patches), jax.jit(conv_winograd)
     cands = {
         "XLA conv NHWC (lowering 'none')": (lambda: base(x, kern), None),
+        "XLA's own conv, YNNPACK off (jaxrf's lowered ERF step)": (lambda: own(x, kern), None),
         "XLA conv NCHW/OIHW": (lambda: nchw(xn, kn), "nchw"),
         "patches: one [N*H*W, 9C] x [9C, C] product": (lambda: patches(x, kern), None),
         "Winograd F(2x2,3x3), 16 products": (lambda: wino(x, u), None),

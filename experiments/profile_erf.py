@@ -40,6 +40,10 @@ from bench_kernels import section_kernels  # noqa: E402
 from bench_models import erf_one, resnet_setup  # noqa: E402
 
 import jaxrf  # noqa: E402
+from jaxrf import _xla  # noqa: E402
+
+# jaxrf's ERF step under a CPU lowering: YNNPACK runs dots only, XLA its own convolutions
+_LOWERED = _xla.compiler_options(_xla.LOWERED_VALUE) or None
 
 _INSTR = re.compile(r"^\s*(?:ROOT )?%([\w.-]+) = (\S+) ([\w-]+)\((.*?)\)(.*)$")
 _SHAPE = re.compile(r"^\w+\[([\d,]*)\]")
@@ -153,14 +157,16 @@ def variant_step(net, lowering: str, n: int):
             g = jax.grad(lambda v: relu(v).sum())(xi[None])
             return jnp.maximum(g[0], 0).sum(-1)
 
-        return jax.jit(lambda xb: jax.vmap(one)(xb).sum(0))
+        return jax.jit(lambda xb: jax.vmap(one)(xb).sum(0), compiler_options=_LOWERED)
     elif lowering == "none":
         lowered = net
     elif hasattr(jaxrf, "lower_convs"):
         lowered = jaxrf.lower_convs(net, lowering)
     else:
         return None
-    return jax.jit(lambda xb: jax.vmap(functools.partial(erf_one, lowered))(xb).sum(0))
+    options = None if lowering == "none" else _LOWERED  # as jaxrf's ERF step compiles it
+    step = functools.partial(erf_one, lowered)
+    return jax.jit(lambda xb: jax.vmap(step)(xb).sum(0), compiler_options=options)
 
 
 def profile(net, xs, lowering: str, runs: int, peak: float):
