@@ -21,8 +21,8 @@ import numpy as np
 from bench_common import matmul_fn, rounds, row, spread
 from jax import lax
 
-import jaxrf
 from jaxrf import _xla
+from jaxrf._lowering import lower_convs
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 _BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float64)
@@ -128,19 +128,17 @@ def _depthwise(quick: bool, rounds_n: int | None):
             v, k, (1, 1), "SAME", dimension_numbers=NHWC, feature_group_count=c
         )
 
-    def step(f):
-        return lambda v: jax.vjp(lambda u: f(u, w), v)[1](v)[0]
+    def step(f, k=w):
+        return lambda v: jax.vjp(lambda u: f(u, k), v)[1](v)[0]
 
     own = _xla.compiler_options(_xla.LOWERED_VALUE) or None
     fns = {
         "grouped conv, YNNPACK": jax.jit(step(dw)),
         "grouped conv, XLA's own": jax.jit(step(dw), compiler_options=own),
-        "jaxrf lowering (slices)": jax.jit(
-            step(jaxrf.lower_convs(dw, "matmul")), compiler_options=own
-        ),
+        "jaxrf lowering (slices)": jax.jit(step(lower_convs(dw, "matmul")), compiler_options=own),
     }
     with jax.enable_x64(True):
-        ref = np.asarray(step(dw)(jnp.asarray(x, jnp.float64)))
+        ref = np.asarray(step(dw, jnp.asarray(w, jnp.float64))(jnp.asarray(x, jnp.float64)))
     err = np.abs(np.asarray(fns["jaxrf lowering (slices)"](x)) - ref).max() / np.abs(ref).max()
     t = rounds(
         {k: functools.partial(f, x) for k, f in fns.items()}, rounds_n or (3 if quick else 5)
