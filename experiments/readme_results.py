@@ -179,7 +179,7 @@ def _summaries() -> dict:
             busy = sum(float(r["gflop_per_image"]) / float(r["fraction_of_matmul"]) for r in mat)
             other = total - sum(float(r["ms_per_image"]) for r in mat)
             parts.append(
-                f"lowering '{low}': {_f(total, 1)} ms/image profiled, dot+conv at "
+                f"lowering '{low}': {_f(total, 1)} ms/image in flight, dot+conv at "
                 f"{_f(gf / busy)} of matmul FLOP/s, {_f(other, 1)} ms in other operations"
             )
         slow = sorted(
