@@ -621,11 +621,13 @@ def effective_receptive_field(
             ``"skip"``.
         lowering: how convolutions and max-pools are compiled: ``"auto"`` (default:
             ``"matmul"`` on CPU devices, ``"none"`` elsewhere), ``"matmul"`` (1x1
-            convolutions as matrix products and max-pool gradients as slices, which XLA:CPU
-            runs near its matmul throughput), ``"patches"`` (every convolution as patches times
-            a matrix) or ``"none"`` (the network's own operations). The same sums in another
-            order: in float64 the maps agree with ``"none"`` to rounding; in float32 rounding
-            can flip a ReLU or max-pool decision, as between any two float32 programs.
+            convolutions as matrix products, depthwise convolutions and max-pool gradients as
+            slices, and the program compiled with XLA's own convolutions and YNNPACK's dots,
+            which XLA:CPU runs near its matmul throughput), ``"patches"`` (every convolution
+            as patches times a matrix) or ``"none"`` (the network's own operations). The
+            same sums in another order: in float64 the maps agree with ``"none"`` to
+            rounding; in float32 rounding can flip a ReLU or max-pool decision, as between any
+            two float32 programs.
         crop: a :class:`jaxrf.Crop` from :func:`jaxrf.crop_for_unit` for the probed unit: every
             sample is cut to the unit's receptive-field cone, the network runs forward and
             backward on the crop only, and the map is pasted back at full size. Exact (the

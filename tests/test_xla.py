@@ -33,6 +33,7 @@ def _net(x):
 
 
 def test_configure_appends_only_when_safe(monkeypatch):
+    monkeypatch.setattr(_xla, "_CONFIGURED", _xla._CONFIGURED)  # restored afterwards
     monkeypatch.setattr(_xla, "_backends_started", lambda: False)
     monkeypatch.delenv(_xla.OPT_OUT, raising=False)
     monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
