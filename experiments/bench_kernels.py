@@ -131,11 +131,12 @@ def _depthwise(quick: bool, rounds_n: int | None):
     def step(f, k=w):
         return lambda v: jax.vjp(lambda u: f(u, k), v)[1](v)[0]
 
-    own = _xla.compiler_options(_xla.LOWERED_VALUE) or None
     fns = {
         "grouped conv, YNNPACK": jax.jit(step(dw)),
-        "grouped conv, XLA's own": jax.jit(step(dw), compiler_options=own),
-        "jaxrf lowering (slices)": jax.jit(step(lower_convs(dw, "matmul")), compiler_options=own),
+        "grouped conv, XLA's own": _xla.jit(step(dw), ynn=_xla.LOWERED_VALUE),
+        "jaxrf lowering (slices)": _xla.jit(
+            step(lower_convs(dw, "matmul")), ynn=_xla.LOWERED_VALUE
+        ),
     }
     with jax.enable_x64(True):
         ref = np.asarray(step(dw, jnp.asarray(w, jnp.float64))(jnp.asarray(x, jnp.float64)))
@@ -162,7 +163,7 @@ def _candidates(x, w, kern, direction):
     xn, kn = jnp.transpose(x, (0, 3, 1, 2)), jnp.transpose(kern, (3, 2, 0, 1))
     u = jnp.asarray(winograd_kernel(kern))
     base, nchw = jax.jit(conv_nhwc), jax.jit(conv_nchw)
-    own = jax.jit(conv_nhwc, compiler_options=_xla.compiler_options(_xla.LOWERED_VALUE) or None)
+    own = _xla.jit(conv_nhwc, ynn=_xla.LOWERED_VALUE)
     patches, wino = jax.jit(conv_patches), jax.jit(conv_winograd)
     cands = {
         "XLA conv NHWC (lowering 'none')": (lambda: base(x, kern), None),

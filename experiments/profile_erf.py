@@ -44,9 +44,6 @@ import jaxrf  # noqa: E402
 from jaxrf import _xla  # noqa: E402
 from jaxrf._lowering import lower_convs  # noqa: E402
 
-# jaxrf's ERF step under a CPU lowering: YNNPACK runs dots only, XLA its own convolutions
-_LOWERED = _xla.compiler_options(_xla.LOWERED_VALUE) or None
-
 _INSTR = re.compile(r"^\s*(?:ROOT )?%([\w.-]+) = (\S+) ([\w-]+)\((.*?)\)(.*)$")
 _SHAPE = re.compile(r"^\w+\[([\d,]*)\]")
 
@@ -167,7 +164,8 @@ def variant_step(net, lowering: str, n: int):
     """The jitted ERF step of one variant, as ``jaxrf.effective_receptive_field`` compiles it:
     'folded' and 'folded+pruned' run under the CPU lowering 'matmul' as the ERF's default does.
     """
-    options = None if lowering == "none" else _LOWERED
+    # as jaxrf compiles it: under a CPU lowering YNNPACK runs dots only, XLA its own convolutions
+    ynn = _xla.PROGRAM_VALUE if lowering == "none" else _xla.LOWERED_VALUE
     if lowering == "folded+pruned":
         relu, _ = pruned_relu(jaxrf.fold_convs(net), n)
         relu = lower_convs(relu, "matmul")
@@ -176,13 +174,13 @@ def variant_step(net, lowering: str, n: int):
             g = jax.grad(lambda v: relu(v).sum())(xi[None])
             return jnp.maximum(g[0], 0).sum(-1)
 
-        return jax.jit(lambda xb: jax.vmap(one)(xb).sum(0), compiler_options=options)
+        return _xla.jit(lambda xb: jax.vmap(one)(xb).sum(0), ynn=ynn)
     if lowering == "folded":
         lowered = lower_convs(jaxrf.fold_convs(net), "matmul")
     else:
         lowered = lower_convs(net, lowering)  # "none" returns net itself
     step = functools.partial(erf_one, lowered)
-    return jax.jit(lambda xb: jax.vmap(step)(xb).sum(0), compiler_options=options)
+    return _xla.jit(lambda xb: jax.vmap(step)(xb).sum(0), ynn=ynn)
 
 
 def profile(net, xs, lowering: str, runs: int, peak: float):

@@ -31,6 +31,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -148,17 +149,25 @@ def _window_offsets(window, dilation, strides, out):
         yield start, limit
 
 
+def _valid_out(x, kernel, strides, dilation) -> list[int]:
+    """Spatial output sizes of a VALID window over ``x`` (N, *S, C)."""
+    return [
+        (n - (k - 1) * d - 1) // s + 1
+        for n, k, s, d in zip(x.shape[1:-1], kernel, strides, dilation, strict=True)
+    ]
+
+
+def _tap_slices(x, kernel, strides, dilation, out):
+    """Per kernel tap (row-major), the strided slice of ``x`` (N, *S, C) it reads."""
+    for start, limit in _window_offsets(kernel, dilation, strides, out):
+        yield lax.slice(x, (0, *start, 0), (x.shape[0], *limit, x.shape[-1]), (1, *strides, 1))
+
+
 def _patches_dot(x, w, strides, dilation, precision, preferred):
     """Canonical convolution, already padded: ``x`` (N, *S, C), ``w`` (*K, C, O), VALID."""
     nd = x.ndim - 2
     kernel = w.shape[:nd]
-    out = [
-        (x.shape[1 + a] - (kernel[a] - 1) * dilation[a] - 1) // strides[a] + 1 for a in range(nd)
-    ]
-    cols = [
-        lax.slice(x, (0, *start, 0), (x.shape[0], *limit, x.shape[-1]), (1, *strides, 1))
-        for start, limit in _window_offsets(kernel, dilation, strides, out)
-    ]
+    cols = list(_tap_slices(x, kernel, strides, dilation, _valid_out(x, kernel, strides, dilation)))
     patches = cols[0] if len(cols) == 1 else lax.concatenate(cols, nd + 1)
     return lax.dot_general(
         patches,
@@ -180,9 +189,7 @@ def _depthwise_taps(x, w, strides, dilation, preferred):
     kernel = w.shape[:nd]
     if preferred is not None:
         x, w = x.astype(preferred), w.astype(preferred)
-    out = [
-        (x.shape[1 + a] - (kernel[a] - 1) * dilation[a] - 1) // strides[a] + 1 for a in range(nd)
-    ]
+    out = _valid_out(x, kernel, strides, dilation)
     if math.prod(kernel) <= _DEPTHWISE_UNROLL or nd == 1:
         return _tap_sum(x, w, kernel, strides, dilation, out)
     span = (out[0] - 1) * strides[0] + 1  # rows of x one tap of the first axis reads
@@ -198,14 +205,9 @@ def _depthwise_taps(x, w, strides, dilation, preferred):
 
 def _tap_sum(x, w, kernel, strides, dilation, out):
     taps = itertools.product(*(range(k) for k in kernel))
-    acc = None
-    for tap, (start, limit) in zip(
-        taps, _window_offsets(kernel, dilation, strides, out), strict=True
-    ):
-        cut = lax.slice(x, (0, *start, 0), (x.shape[0], *limit, x.shape[-1]), (1, *strides, 1))
-        term = cut * w[(*tap, 0)]
-        acc = term if acc is None else acc + term
-    return acc
+    cuts = _tap_slices(x, kernel, strides, dilation, out)
+    terms = (cut * w[(*tap, 0)] for tap, cut in zip(taps, cuts, strict=True))
+    return functools.reduce(operator.add, terms)
 
 
 def _pad(x, padding):

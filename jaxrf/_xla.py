@@ -82,8 +82,8 @@ def configure() -> bool:
     not started (XLA reads the variable once) and ``XLA_FLAGS`` does not already set the flag.
     Returns whether it changed ``XLA_FLAGS``.
     """
-    flags = os.environ.get("XLA_FLAGS", "")
     global _CONFIGURED
+    flags = os.environ.get("XLA_FLAGS", "")
     if _opted_out() or FLAG in flags or _jaxlib_version() < MIN_JAXLIB or _backends_started():
         return False
     os.environ["XLA_FLAGS"] = f"{flags} --{FLAG}={ENV_VALUE}".strip()
