@@ -48,6 +48,34 @@ def rounds(fns: dict[str, Callable], n: int) -> dict[str, list[float]]:
     return times
 
 
+def bracketed(peers: dict[str, Callable], subjects: dict[str, Callable], n: int):
+    """Seconds per call in ``n`` rounds of ``peers, s1, peers, s2, ..., peers``: every subject
+    runs between two runs of every peer, so its ratio to a peer can be taken against the
+    peer's runs just before and just after it (on a shared machine the load drifts within a
+    round; a peer timed tens of seconds away is a different machine).
+
+    Returns ``(peer_times, subject_times)``: ``peer_times[k][r]`` lists the ``len(subjects) +
+    1`` runs of peer ``k`` in round ``r``; ``subject_times[k][r]`` is one run.
+    """
+    peer_times = {k: [] for k in peers}
+    subject_times = {k: [] for k in subjects}
+    for _ in range(n):
+        slots = {k: [once(f)] for k, f in peers.items()}
+        for k, f in subjects.items():
+            subject_times[k].append(once(f))
+            for p, g in peers.items():
+                slots[p].append(once(g))
+        for k in peers:
+            peer_times[k].append(slots[k])
+    return peer_times, subject_times
+
+
+def around(per_round_slots, j: int, pick=statistics.mean):
+    """Per round, ``pick`` of the peer values just before (slot ``j``) and after (``j + 1``)
+    subject ``j``."""
+    return [pick([slots[j], slots[j + 1]]) for slots in per_round_slots]
+
+
 def spread(values) -> str:
     """``median [min-max] over n rounds`` of a list of per-round values."""
     return f"median of {len(values)} rounds, spread {min(values):.3g}-{max(values):.3g}"

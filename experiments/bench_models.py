@@ -29,9 +29,13 @@ def centre(y_shape):
     return tuple(m // 2 for m in y_shape)
 
 
-def erf_one(net, xi):
-    """RepLKNet map of one image ``xi`` (H, W, C): d relu(y[centre]).sum() / dx, positive part."""
+def erf_one(net, xi, keep=None):
+    """RepLKNet map of one image ``xi`` (H, W, C): d relu(y[centre]).sum() / dx, positive part.
+
+    ``keep``: applied to the pullback (jaxrf's step packs its masks: ``_erf._compact_masks``).
+    """
     y, pull = jax.vjp(lambda x: jax.nn.relu(net(x)), xi[None])
+    pull = pull if keep is None else keep(pull)
     c = centre(y.shape[1:3])
     seed = jnp.zeros(y.shape[1:3], y.dtype).at[c].set(1)
     (g,) = pull(jnp.broadcast_to(seed[None, :, :, None], y.shape))

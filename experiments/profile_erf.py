@@ -42,6 +42,7 @@ from bench_models import erf_one, resnet_setup  # noqa: E402
 
 import jaxrf  # noqa: E402
 from jaxrf import _xla  # noqa: E402
+from jaxrf._erf import _compact_masks  # noqa: E402
 from jaxrf._lowering import lower_convs  # noqa: E402
 
 _INSTR = re.compile(r"^\s*(?:ROOT )?%([\w.-]+) = (\S+) ([\w-]+)\((.*?)\)(.*)$")
@@ -162,7 +163,8 @@ def event_times(trace_dir: Path, names) -> dict[str, float]:
 
 def variant_step(net, lowering: str, n: int):
     """The jitted ERF step of one variant, as ``jaxrf.effective_receptive_field`` compiles it:
-    'folded' and 'folded+pruned' run under the CPU lowering 'matmul' as the ERF's default does.
+    'folded' and 'folded+pruned' run under the CPU lowering 'matmul' as the ERF's default does,
+    and every variant packs its boolean residuals as the ERF's step does.
     """
     # as jaxrf compiles it: under a CPU lowering YNNPACK runs dots only, XLA its own convolutions
     ynn = _xla.PROGRAM_VALUE if lowering == "none" else _xla.LOWERED_VALUE
@@ -171,7 +173,8 @@ def variant_step(net, lowering: str, n: int):
         relu = lower_convs(relu, "matmul")
 
         def one(xi):
-            g = jax.grad(lambda v: relu(v).sum())(xi[None])
+            y, pull = jax.vjp(relu, xi[None])
+            (g,) = _compact_masks(pull)(jnp.ones_like(y))
             return jnp.maximum(g[0], 0).sum(-1)
 
         return _xla.jit(lambda xb: jax.vmap(one)(xb).sum(0), ynn=ynn)
@@ -179,7 +182,7 @@ def variant_step(net, lowering: str, n: int):
         lowered = lower_convs(jaxrf.fold_convs(net), "matmul")
     else:
         lowered = lower_convs(net, lowering)  # "none" returns net itself
-    step = functools.partial(erf_one, lowered)
+    step = functools.partial(erf_one, lowered, keep=_compact_masks)
     return _xla.jit(lambda xb: jax.vmap(step)(xb).sum(0), ynn=ynn)
 
 

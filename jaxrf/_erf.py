@@ -9,7 +9,10 @@ Streaming: inputs come as one array (cut into ``batch_size`` chunks) or as an it
 batches; only the running sum of the maps (float64, on the host) is kept, so memory does not
 grow with the number of samples. Each batch runs one jitted program: ``vmap`` over the samples
 of a per-sample ``jax.vjp`` with respect to the input only (weights are closed over and never
-differentiated), with the batch sharded over the devices.
+differentiated), with the batch sharded over the devices. What the backward pass keeps of
+the forward pass is, for a ReLU network, its masks: boolean residuals are packed eight to a
+byte (:func:`_compact_masks`), so memory grows by about one bit per activation and image
+rather than by the float activations themselves.
 
 Several devices: the batch axis is sharded over every local device with a one-axis
 :class:`jax.sharding.Mesh` and ``NamedSharding(mesh, P("batch"))`` (batches are padded to a
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 import numbers
 import os
 import warnings
@@ -102,9 +106,38 @@ class _Apply:
         return g(x)
 
 
+def _pack_bits(mask):
+    """A boolean array as one bit an element, eight to a ``uint8`` (zero-padded)."""
+    n = mask.size
+    flat = jnp.pad(mask.reshape(-1), (0, -n % 8)).reshape(-1, 8).astype(jnp.uint8)
+    return jnp.sum(flat << jnp.arange(8, dtype=jnp.uint8), axis=1, dtype=jnp.uint8)
+
+
+def _unpack_bits(packed, shape):
+    """The inverse of :func:`_pack_bits`: the boolean array of ``shape``."""
+    bits = (packed[:, None] >> jnp.arange(8, dtype=jnp.uint8)) & 1
+    return bits.reshape(-1)[: math.prod(shape)].reshape(shape).astype(bool)
+
+
+def _compact_masks(pullback):
+    """``pullback`` with its boolean residuals (ReLU masks) kept as one bit an element.
+
+    Left alone, XLA fuses the comparison that makes a mask into the backward pass and keeps
+    the float pre-activation alive from the forward pass instead: 32 bits an element, and the
+    comparison done twice. A packed mask is a reduction, which XLA does not recompute inside
+    its consumers: it is made once in the forward pass and the pre-activation dies there.
+    """
+    leaves, tree = jax.tree_util.tree_flatten(pullback)
+    for k, v in enumerate(leaves):
+        if v.dtype == jnp.bool_ and v.size >= 8:
+            leaves[k] = _unpack_bits(_pack_bits(v), v.shape)
+    return jax.tree_util.tree_unflatten(tree, leaves)
+
+
 def _sample_maps(apply, params, xi, indices, weights, in_layout, out_layouts, reduce):
     """One sample's maps, one per probed output: one forward pass, one backward pass each."""
     ys, pullback = jax.vjp(functools.partial(apply, params), xi[None])
+    pullback = _compact_masks(pullback)
     maps = []
     for k, (y, layout) in enumerate(zip(ys, out_layouts, strict=True)):
         seed = one_hot_seed(layout.spatial_shape(y.shape), indices[k])

@@ -16,7 +16,11 @@ one strided slice per kernel tap times that tap's per-channel weights, summed (a
 convolution reading an image (at most 4 channels: a stem) keeps XLA's
 forward but gets a phase-decomposed input gradient (:func:`phase_kernel`) instead of XLA's
 lhs-dilated convolution, which multiplies the inserted zeros. ``reduce_window_max`` gets a
-gradient made of slices and pads instead of select-and-scatter (:func:`max_pool`). Which
+gradient made of slices and pads instead of select-and-scatter (:func:`max_pool`), and keeps
+for its backward pass one small integer per output (which window offset won) instead of its
+float input and output. A ReLU written as ``max(x, 0)`` (also what a folded or pruned
+network's ``jax.nn.relu`` becomes) keeps two boolean masks instead of a float factor
+(:func:`relu_max`, bit for bit the same gradient). Which
 primitives are rewritten, and which calls are inlined, is read from the registry's
 ``lowering`` entries (:mod:`jaxrf._registry`).
 
@@ -404,30 +408,89 @@ def max_pool(x, p: _Static):
 
 
 def _max_pool_fwd(x, p):
+    """The pooled values and, per output, which window offset (row-major) holds its first
+    maximum: one small integer an output is all the backward pass keeps (no offset holds a
+    NaN maximum: the sentinel ``len(offsets)``, which routes nowhere)."""
     y = _max_pool_plain(x, p)
-    return y, (x, y)
+    window, strides = p["window_dimensions"], p["window_strides"]
+    wdil, padding = p["window_dilation"], p["padding"]
+    offsets = list(_window_offsets(window, wdil, strides, y.shape))
+    dtype = jnp.uint8 if len(offsets) < 2**8 else jnp.int32
+    xp = lax.pad(x, jnp.array(-jnp.inf, x.dtype), [(lo, hi, 0) for lo, hi in padding])
+    first = jnp.full(y.shape, len(offsets), dtype)
+    for k in reversed(range(len(offsets))):  # the lowest offset that hits wins
+        start, limit = offsets[k]
+        first = jnp.where(lax.slice(xp, start, limit, strides) == y, jnp.asarray(k, dtype), first)
+    return y, (jnp.zeros((*x.shape, 0), x.dtype), first)  # x's shape, in no bytes
 
 
 def _max_pool_bwd(p, res, g):
-    x, y = res
+    shape_only, first = res
     window, strides = p["window_dimensions"], p["window_strides"]
     wdil, padding = p["window_dilation"], p["padding"]
-    xp = lax.pad(x, jnp.array(-jnp.inf, x.dtype), [(lo, hi, 0) for lo, hi in padding])
-    claimed = jnp.zeros(y.shape, bool)
-    gx = jnp.zeros(xp.shape, g.dtype)
-    for start, limit in _window_offsets(window, wdil, strides, y.shape):
-        hit = (lax.slice(xp, start, limit, strides) == y) & ~claimed
-        claimed = claimed | hit
-        placed = [
-            (s, n - lim, st - 1)
-            for s, n, lim, st in zip(start, xp.shape, limit, strides, strict=True)
-        ]
-        gx = gx + lax.pad(jnp.where(hit, g, 0), np.zeros((), g.dtype), placed)
+    padded = [n + lo + hi for n, (lo, hi) in zip(shape_only.shape[:-1], padding, strict=True)]
+    gx = jnp.zeros(padded, g.dtype)
+    for k, (start, limit) in enumerate(_window_offsets(window, wdil, strides, g.shape)):
+        ends = zip(start, padded, limit, strides, strict=True)
+        placed = [(s, n - lim, st - 1) for s, n, lim, st in ends]
+        gx = gx + lax.pad(jnp.where(first == k, g, 0), np.zeros((), g.dtype), placed)
     crop = [(-lo, -hi, 0) for lo, hi in padding]
     return (lax.pad(gx, np.zeros((), g.dtype), crop),)
 
 
 max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def relu_max(x, zero_first: bool):
+    """``max(x, 0)`` (``max(0, x)`` with ``zero_first``) with ``max``'s own derivative, whose
+    residuals are two boolean masks.
+
+    ``max``'s derivative in ``x`` is the float factor ``f`` = 1 where ``x > 0``, 1/2 where
+    ``x == 0`` and 0 elsewhere (NaN included). Autodiff keeps ``f`` (32 bits an element) or,
+    after XLA's fusion, ``x`` itself, from the forward pass to the backward pass; here the
+    masks ``x > 0`` and ``x == 0`` are kept and ``f`` is rebuilt from them, so the gradient
+    ``g * f`` is the same bit for bit.
+    """
+    zero = jnp.zeros((), x.dtype)
+    return lax.max(zero, x) if zero_first else lax.max(x, zero)
+
+
+def _relu_max_fwd(x, zero_first):
+    return relu_max(x, zero_first), (x > 0, x == 0)
+
+
+def _relu_max_bwd(zero_first, masks, g):
+    positive, zero = masks
+    one, half, nothing = (np.asarray(v, g.dtype) for v in (1, 0.5, 0))
+    return (g * jnp.where(positive, one, jnp.where(zero, half, nothing)),)
+
+
+relu_max.defvjp(_relu_max_fwd, _relu_max_bwd)
+
+
+def _all_zero(val) -> bool:
+    """A constant (not traced) operand that is +0 everywhere."""
+    if isinstance(val, jax.core.Tracer):
+        return False
+    arr = np.asarray(val)
+    return arr.size > 0 and not np.any(arr) and not np.any(np.signbit(arr))
+
+
+def lower_max(eqn, vals, policy: str):
+    """Registry lowering of ``max``: ``max(x, 0)`` (a ReLU) as :func:`relu_max`, or None."""
+    out = eqn.outvars[0].aval
+    for k in (0, 1):
+        x, other = vals[1 - k], vals[k]
+        if (
+            _all_zero(other)
+            and jnp.issubdtype(out.dtype, jnp.floating)
+            and tuple(jnp.shape(x)) == tuple(out.shape)
+            and jnp.result_type(x) == out.dtype
+        ):
+            with eqn.ctx.manager:
+                return [relu_max(x, k == 0)]
+    return None
 
 
 def _pool_eligible(params, dtype) -> bool:

@@ -112,6 +112,7 @@ _SCATTERS = _names("scatter scatter_add scatter_mul scatter_min scatter_max")
 
 REGISTRY: dict[str, Entry] = {
     **dict.fromkeys(_UNARY + _NARY, ELEMENTWISE),
+    "max": replace(ELEMENTWISE, lowering=L.lower_max),
     **dict.fromkeys(["optimization_barrier", "sharding_constraint"], IDENTITY),
     # Sliding windows.
     "conv_general_dilated": Entry(R.conv, "bilinear", "conv", L.lower_conv, cone=P.conv_cone),

@@ -166,3 +166,21 @@ def test_torch_is_not_a_runtime_dependency():
     text = (ROOT / "pyproject.toml").read_text()
     deps = text.split("dependencies = [", 1)[1].split("]", 1)[0]
     assert "torch" not in deps
+
+
+def test_bracketed_rounds_put_the_peers_around_every_subject():
+    # The order of calls, and which peer runs each subject's ratio is taken against.
+    sys.path.insert(0, str(ROOT / "experiments"))
+    try:
+        import bench_common
+    finally:
+        sys.path.remove(str(ROOT / "experiments"))
+    calls = []
+    peers = {p: (lambda p=p: calls.append(p)) for p in ("P", "Q")}
+    subjects = {s: (lambda s=s: calls.append(s)) for s in ("a", "b")}
+    peer_t, subject_t = bench_common.bracketed(peers, subjects, 2)
+    assert calls == ["P", "Q", "a", "P", "Q", "b", "P", "Q"] * 2
+    assert [len(r) for r in peer_t["P"]] == [3, 3] and len(subject_t["a"]) == 2
+    slots = [[1.0, 2.0, 4.0], [10.0, 20.0, 40.0]]  # per round: before a, between, after b
+    assert bench_common.around(slots, 0) == [1.5, 15.0]
+    assert bench_common.around(slots, 1) == [3.0, 30.0]

@@ -186,3 +186,41 @@ def test_cropped_erf_equals_full_image_erf():
     assert cut.index == (3, 3) and cut.map.shape == (23, 23)
     with pytest.raises(ValueError, match=r"`index` \(=\(2, 2\)\) is not the unit the crop"):
         jaxrf.effective_receptive_field(net, x, (2, 2), crop=crop)
+
+
+@pytest.mark.parametrize("shape", [(1,), (7,), (8,), (9,), (3, 5, 7), (2, 6, 6, 16)])
+def test_masks_packed_to_bits_and_back(shape):
+    # The ERF step keeps boolean residuals as 8 to a byte; every size, padding included.
+    from jaxrf._erf import _pack_bits, _unpack_bits
+
+    mask = jnp.asarray(np.random.default_rng(len(shape)).random(shape) < 0.5)
+    packed = _pack_bits(mask)
+    assert packed.dtype == jnp.uint8 and packed.shape == (-(-mask.size // 8),)
+    np.testing.assert_array_equal(_unpack_bits(packed, shape), mask)
+    # under vmap and jit, as in the step
+    batch = jnp.stack([mask, ~mask])
+    back = jax.jit(jax.vmap(lambda m: _unpack_bits(_pack_bits(m), shape)))(batch)
+    np.testing.assert_array_equal(back, batch)
+    # bit k of byte j is element 8 j + k (by hand, on a known pattern)
+    if shape == (9,):
+        pattern = jnp.asarray([True, False, False, True, False, False, False, False, True])
+        assert _pack_bits(pattern).tolist() == [1 + 8, 1]
+
+
+def test_compact_masks_touch_only_booleans():
+    from jaxrf._erf import _compact_masks
+
+    x = jnp.linspace(-1.0, 1.0, 24).reshape(2, 3, 4)
+
+    def f(v):
+        return jnp.sum(jax.nn.relu(v) * v)
+
+    _, pull = jax.vjp(f, x)
+    leaves = jax.tree_util.tree_leaves(pull)
+    assert {str(v.dtype) for v in leaves} >= {"bool", "float32"}
+    compact = jax.tree_util.tree_leaves(_compact_masks(pull))
+    for before, after in zip(leaves, compact, strict=True):
+        np.testing.assert_array_equal(after, before)
+        if before.dtype != jnp.bool_:
+            assert after is before
+    np.testing.assert_array_equal(_compact_masks(pull)(1.0)[0], pull(1.0)[0])

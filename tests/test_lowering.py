@@ -702,3 +702,74 @@ def test_erf_depthwise_network_lowerings_agree_float64():
         }
         assert np.abs(maps["none"]).max() > 0
         assert_close(maps["matmul"], maps["none"], 1e-12)
+
+
+# --------------------------------------------------------------------------------------------
+# 7. max(x, 0): max's own derivative, booleans as residuals
+
+# Every kind of float max(x, 0) and its derivative treat differently: signs, the tie at 0
+# (derivative 1/2), NaN, infinities, subnormals.
+_SPECIAL = np.array([-1.0, -0.0, 0.0, 1.0, np.nan, np.inf, -np.inf, 2.5, 5e-324, -5e-324])
+
+
+def _same_bits(a, b):
+    """Equal values, NaN where NaN, and the same sign on every non-NaN (so -0.0 != 0.0)."""
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.dtype == b.dtype and a.shape == b.shape
+    np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
+    real = ~np.isnan(a)
+    np.testing.assert_array_equal(a[real], b[real])
+    np.testing.assert_array_equal(np.signbit(a[real]), np.signbit(b[real]))
+
+
+@pytest.mark.parametrize("zero_first", [False, True])
+def test_relu_lowering_is_max_bit_for_bit(zero_first):
+    # Every (x, cotangent) pair of special values: the lowered ReLU's value and gradient are
+    # the plain max's, bit for bit (its derivative is 1, 1/2 at a tie, 0 elsewhere and at NaN).
+    with jax.enable_x64(True):
+        x = jnp.asarray(np.repeat(_SPECIAL, len(_SPECIAL) + 1))
+        g = jnp.asarray(np.tile(np.r_[_SPECIAL, 3.0], len(_SPECIAL)))
+
+        def plain(v):
+            return jnp.maximum(0.0, v) if zero_first else jnp.maximum(v, 0.0)
+
+        y0, pull0 = jax.vjp(plain, x)
+        y1, pull1 = jax.vjp(lower_convs(plain, "matmul"), x)
+        _same_bits(y1, y0)
+        _same_bits(pull1(g)[0], pull0(g)[0])
+        # by hand at the tie and at NaN: 1/2 and 0
+        tie = np.flatnonzero((np.asarray(x) == 0) & (np.asarray(g) == 3.0))
+        assert np.all(np.asarray(pull1(g)[0])[tie] == 1.5)
+        nan = np.flatnonzero(np.isnan(np.asarray(x)) & (np.asarray(g) == 3.0))
+        assert np.asarray(pull1(g)[0])[nan].tolist() == [0.0]
+
+
+def test_relu_lowering_keeps_booleans():
+    # What the backward pass keeps: the plain max keeps a float factor; the lowered ReLU keeps
+    # two boolean masks and nothing else.
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 5, 5, 3)), jnp.float32)
+
+    def relu(v):
+        return jnp.maximum(v, 0.0)
+
+    plain = jax.tree_util.tree_leaves(jax.vjp(relu, x)[1])
+    lowered = jax.tree_util.tree_leaves(jax.vjp(lower_convs(relu, "matmul"), x)[1])
+    assert [v.dtype for v in plain] == [jnp.float32]
+    assert [v.dtype for v in lowered] == [jnp.bool_, jnp.bool_]
+    assert count_primitives(jax.make_jaxpr(lower_convs(relu, "matmul"))(x))["max"] == 1
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [
+        lambda v: jnp.maximum(v, 1.0),  # not a ReLU
+        lambda v: jnp.maximum(v, -0.0),  # a negative zero: max(+0, -0) is kept as written
+        lambda v: jnp.maximum(v, v[::-1]),  # two traced operands
+        lambda v: jnp.maximum(v.astype(jnp.int32), 0).astype(v.dtype),  # integers
+    ],
+)
+def test_max_that_is_not_a_relu_is_kept(fn):
+    x = jnp.linspace(-2.0, 2.0, 8, dtype=jnp.float32)
+    names = count_primitives(jax.make_jaxpr(lower_convs(fn, "matmul"))(x))
+    assert "custom_vjp_call" not in names and names["max"] == 1
+    np.testing.assert_array_equal(lower_convs(fn, "matmul")(x), fn(x))

@@ -133,7 +133,7 @@ def test_registry_lowering_and_index_entries_in_one_place():
     # What the lowering rewrites and which operands are indices, read from the entries.
     reg = _registry.REGISTRY
     rewritten = {n for n, e in reg.items() if callable(e.lowering)}
-    assert rewritten == {"conv_general_dilated", "reduce_window_max"}
+    assert rewritten == {"conv_general_dilated", "reduce_window_max", "max"}
     assert {n for n, e in reg.items() if e.lowering == "inline"} == {
         "jit",
         "pjit",
