@@ -48,6 +48,7 @@ def _by_metric(rows, section):
     return {(r["item"], r["metric"]): r for r in rows if r["section"] == section}
 
 
+@pytest.mark.slow  # CI runs the slow set after the default run
 def test_quick_crop_and_pruned_maps_agree(tmp_path):
     pytest.importorskip("torch")
     rows = _run(tmp_path, "crop1024")
@@ -60,6 +61,7 @@ def test_quick_crop_and_pruned_maps_agree(tmp_path):
         assert "median of 3 rounds, spread" in ratio["note"]
 
 
+@pytest.mark.slow  # CI runs the slow set after the default run
 def test_quick_flops_section_prunes_work_and_keeps_the_map(tmp_path):
     rows = _run(tmp_path, "flops")
     items = {r["item"] for r in rows}
@@ -71,6 +73,7 @@ def test_quick_flops_section_prunes_work_and_keeps_the_map(tmp_path):
         assert got["constant-folded"] <= got["plain ERF step"]
 
 
+@pytest.mark.slow  # CI runs the slow set after the default run
 def test_quick_kernels_are_checked_against_float64(tmp_path):
     rows = _run(tmp_path, "kernels")
     names = {r["item"] for r in rows}

@@ -99,6 +99,7 @@ def test_luo_quick_run_matches_the_closed_form(tmp_path):
     assert (tmp_path / "luo_fig3.png").exists()
 
 
+@pytest.mark.slow  # CI runs the slow set after the default run
 def test_zoo_theory_vs_measured_quick(tmp_path):
     # Hand derivations (jaxrf/models/__init__.py and toys.py), not the code under test:
     # Luo's 5-layer 3x3 stack at 32x32: r 11, S 1, P 5; centre output (16, 16) reads

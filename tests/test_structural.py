@@ -187,6 +187,7 @@ def deep_net(depth):
     return fn
 
 
+@pytest.mark.slow  # CI runs the slow set after the default run
 def test_200_layer_structural_box_does_not_underflow():
     # 200 VALID 3-tap convs: output i reads [i, i + 400]; border weight 3^-200 underflows.
     got = jaxrf.actual_receptive_field(
