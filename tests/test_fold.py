@@ -73,7 +73,7 @@ def _conv(x, w, layout):
     return lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn)
 
 
-@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+@pytest.mark.parametrize("layout", ["NHWC", pytest.param("NCHW", marks=pytest.mark.slow)])
 def test_layouts_and_every_affine_step(layout):
     """BN-like (y - m) * s + b, LayerScale (C,), fixed scalar scale, c - y and y / c."""
     with jax.enable_x64(True):

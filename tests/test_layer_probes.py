@@ -95,6 +95,7 @@ def test_erf_of_several_layers_equals_each_network_cut_by_hand():
     np.testing.assert_allclose(single.map, by_hand["conv2"].map, rtol=1e-10, atol=1e-14)
 
 
+@pytest.mark.slow  # CI runs the slow set after the default run
 def test_erf_of_a_layer_with_weight_draws():
     def init_fn(key):
         ks = jax.random.split(key, 4)

@@ -36,6 +36,7 @@ def _setup():
     return model, params, x
 
 
+@pytest.mark.slow  # 12 s; CI runs the slow set after the default run
 def test_taps_equal_hand_truncation():
     model, params, x = _setup()
     fn = lambda v: model.apply(params, v)  # noqa: E731

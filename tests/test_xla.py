@@ -106,7 +106,9 @@ print(boxes, np.array_equal(grad, expected), "ynn" in str(_xla.compiler_options(
 """
 
 
-@pytest.mark.parametrize("order", ["jaxrf-first", "jax-first"])
+@pytest.mark.parametrize(
+    "order", ["jaxrf-first", pytest.param("jax-first", marks=pytest.mark.slow)]
+)
 def test_fresh_process_maps_are_right(tmp_path, order):
     """Two stacked 3x3 convolutions with kernels of ones, 3 -> 64 -> 64 channels, at 64 x 64:
     unit (32, 32) reads [30, 34] on both axes, structurally and measured, and its gradient map

@@ -79,7 +79,14 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+#: 11 s each; CI runs them in the slow set.
+_SLOW_CASES = {"maxvit_block", "shuffle_decoder"}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=[pytest.mark.slow] if n in _SLOW_CASES else []) for n in sorted(CASES)],
+)
 def test_hand_derived_region_at_every_position(name):
     cls, shape, out, rows = CASES[name]
     fn, x = build(cls, shape)
