@@ -70,10 +70,10 @@ def bracketed(peers: dict[str, Callable], subjects: dict[str, Callable], n: int)
     return peer_times, subject_times
 
 
-def around(per_round_slots, j: int, pick=statistics.mean):
-    """Per round, ``pick`` of the peer values just before (slot ``j``) and after (``j + 1``)
+def around(per_round_slots, j: int):
+    """Per round, the mean of the peer values just before (slot ``j``) and after (``j + 1``)
     subject ``j``."""
-    return [pick([slots[j], slots[j + 1]]) for slots in per_round_slots]
+    return [(slots[j] + slots[j + 1]) / 2 for slots in per_round_slots]
 
 
 def spread(values) -> str:
