@@ -73,6 +73,72 @@ def test_streaming_equals_one_batch():
             np.testing.assert_allclose(erf.map, manual, rtol=1e-12, atol=1e-14)
 
 
+def test_side_by_side_width_on_cpu():
+    """Per device, ``SIDE_BY_SIDE_ELEMENTS // m`` samples (at least one) run side by side on
+    CPU, ``m`` the largest map of one sample: ResNet-50's stem output 112 * 112 * 64 at
+    224x224 gives 2**24 // 802816 = 20, 512 * 512 * 64 at 1024x1024 gives 1; elsewhere the
+    whole batch (None)."""
+    from types import SimpleNamespace
+
+    from jaxrf import _erf
+
+    cpu, gpu = SimpleNamespace(platform="cpu"), SimpleNamespace(platform="gpu")
+    assert _erf.SIDE_BY_SIDE_ELEMENTS == 2**24
+    assert _erf._side_by_side([cpu], 112 * 112 * 64) == 20
+    assert _erf._side_by_side([cpu, cpu], 256 * 256 * 64) == 4
+    assert _erf._side_by_side([cpu], 512 * 512 * 64) == 1
+    assert _erf._side_by_side([gpu], 512 * 512 * 64) is None
+
+
+def test_largest_map_reads_nested_programs():
+    """relu_net on one (9, 2) sample: conv to (1, 7, 4) = 28 elements, relu 28, conv to
+    (1, 5, 3) = 15: the largest is 28, also when the first conv sits inside a jit."""
+    from jaxrf import _erf
+
+    x = jnp.zeros((1, 9, 2))
+    assert _erf._largest_map(jax.make_jaxpr(relu_net)(x).jaxpr) == 28
+
+    def nested(v):
+        return conv(jax.jit(lambda u: jax.nn.relu(conv(u, W1.astype(u.dtype))))(v), W2)
+
+    assert _erf._largest_map(jax.make_jaxpr(nested)(x).jaxpr) == 28
+
+
+def test_large_samples_run_in_equal_steps(monkeypatch):
+    """A batch wider than the side-by-side width runs as equal steps (one program), the last
+    padded with samples that are not counted; the map is the one-step map (float64 sums),
+    and a NaN sample is still named by its place in the batch."""
+    from jaxrf import _erf
+
+    shapes = []
+    step = _erf._batch_sum
+
+    def record(*args, **kwargs):
+        shapes.append(args[2].shape)
+        return step(*args, **kwargs)
+
+    with jax.enable_x64(True):
+        x = jax.random.normal(jax.random.key(5), (11, 9, 2), jnp.float64)
+        whole = jaxrf.effective_receptive_field(relu_net, x, (2,))
+        monkeypatch.setattr(_erf, "SIDE_BY_SIDE_ELEMENTS", 2 * 28)  # 2 samples (see above)
+        monkeypatch.setattr(_erf, "_batch_sum", record)
+        stepped = jaxrf.effective_receptive_field(relu_net, x, (2,))
+    # 11 samples, at most 2 a step: 6 steps of 2 (the last holds one sample and one pad).
+    assert shapes == [(2, 9, 2)] * 6
+    assert stepped.count == 11
+    np.testing.assert_allclose(stepped.map, whole.map, rtol=1e-13, atol=1e-15)
+
+    monkeypatch.setattr(_erf, "SIDE_BY_SIDE_ELEMENTS", 5)  # sqrt's map: 5 elements, 1 a step
+    x = jnp.ones((4, 5, 1)).at[2, 2, 0].set(0.0)
+    with pytest.raises(
+        jaxrf.NonFiniteGradientError, match=r"1 sample\(s\).*first: sample 2 of draw 0"
+    ):
+        jaxrf.effective_receptive_field(jnp.sqrt, x, (2,))
+    erf = jaxrf.effective_receptive_field(jnp.sqrt, x, (2,), nonfinite="skip")
+    assert erf.count == 3 and erf.nonfinite_samples == 1
+    assert erf.map.tolist() == [0, 0, 0.5, 0, 0]
+
+
 def test_weight_draws_luo_protocol():
     def init_fn(key):
         return jax.random.normal(key, (3, 1, 1))
