@@ -15,6 +15,11 @@ window, everything else by XLA's fusion kind. Each group's FLOP/s is given as a 
 2048x2048 float32 matmul timed in the same run, so the table says which operations keep the
 step from the machine's matmul throughput.
 
+Memory: a subprocess runs ``jaxrf.effective_receptive_field`` (default CPU lowering, batch 8)
+in phases, tracing and lowering its step, compiling it, then running it, and records the
+process's peak resident memory in each phase (``/proc/self/status`` VmHWM, reset between
+phases) with XLA's memory analysis of the compiled step: which phase bounds the peak.
+
 Writes ``results/profile_erf.csv`` and ``results/profile_erf.md``. ``--quick``: a 1-1-1-1
 block ResNet at 64x64 (the smoke test).
 """
@@ -23,8 +28,10 @@ from __future__ import annotations
 
 import collections
 import functools
+import json
 import math
 import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -36,12 +43,12 @@ import jax.numpy as jnp
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 from bench_common import block, compiled_flops, machine, matmul_flops, once  # noqa: E402
-from bench_erf import pruned_relu  # noqa: E402
+from bench_erf import peak_rss, pruned_relu, relu_of, reset_peak  # noqa: E402
 from bench_kernels import section_kernels  # noqa: E402
 from bench_models import erf_one, resnet_setup  # noqa: E402
 
 import jaxrf  # noqa: E402
-from jaxrf import _xla  # noqa: E402
+from jaxrf import _erf, _xla  # noqa: E402
 from jaxrf._erf import _compact_masks  # noqa: E402
 from jaxrf._lowering import lower_convs  # noqa: E402
 
@@ -238,6 +245,70 @@ def profile(net, xs, lowering: str, runs: int, peak: float):
     return rows, summary
 
 
+def memory_child(quick: bool) -> None:
+    """Run in a subprocess: the ERF of 8 images in phases; prints one JSON line (MiB).
+
+    The ERF's own step is intercepted at its first call: lowered, compiled and run as
+    separate phases, the peak resident memory reset between them.
+    """
+    net, _, _ = resnet_setup(quick)
+    n = 64 if quick else 224
+    xs = jax.random.normal(jax.random.key(2), (8, n, n, 3), jnp.float32)
+    mib = 1 / 1024
+    out = {"before": reset_peak() * mib}
+    step = _erf._BATCH_SUM["lowered"]
+
+    def phased(*args, **kwargs):
+        lowered = step.lower(*args, **kwargs)
+        out["trace_lower_peak"] = peak_rss() * mib
+        out["after_lower"] = reset_peak() * mib
+        compiled = lowered.compile()
+        out["compile_peak"] = peak_rss() * mib
+        out["after_compile"] = reset_peak() * mib
+        result = jax.block_until_ready(compiled(*args[1:]))  # apply and kwargs are static
+        out["run_peak"] = peak_rss() * mib
+        analysis = compiled.memory_analysis()
+        for name in ("argument", "output", "temp", "generated_code"):
+            out[f"xla_{name}"] = getattr(analysis, f"{name}_size_in_bytes") / 2**20
+        return result
+
+    _erf._BATCH_SUM["lowered"] = phased
+    jaxrf.effective_receptive_field(relu_of(net), xs, batch_size=8, reduce="positive")
+    print("MEMORY " + json.dumps(out), flush=True)
+
+
+def memory_phases(quick: bool) -> dict:
+    cmd = [sys.executable, __file__, "--memory-child"] + (["--quick"] if quick else [])
+    text = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return json.loads(next(v for v in text.splitlines() if v.startswith("MEMORY "))[7:])
+
+
+def memory_lines(m: dict, n: int) -> list[str]:
+    """Markdown of :func:`memory_child`'s phases."""
+    growth = {k: m[k] - m["before"] for k in ("trace_lower_peak", "compile_peak", "run_peak")}
+    bound = max(growth, key=growth.get)
+    return [
+        "",
+        f"## Peak memory of the ERF at {n}x{n}, batch 8, by phase",
+        "",
+        "One subprocess; peak resident memory (VmHWM) reset between phases; growth over the "
+        f"{m['before']:.0f} MiB resident before the ERF (imports and network built).",
+        "",
+        "| phase | peak RSS MiB | growth MiB | resident after MiB |",
+        "|---|---|---|---|",
+        f"| trace and lower the step | {m['trace_lower_peak']:.0f} | "
+        f"{growth['trace_lower_peak']:.0f} | {m['after_lower']:.0f} |",
+        f"| compile (XLA:CPU) | {m['compile_peak']:.0f} | {growth['compile_peak']:.0f} | "
+        f"{m['after_compile']:.0f} |",
+        f"| run one step | {m['run_peak']:.0f} | {growth['run_peak']:.0f} | |",
+        "",
+        f"The peak is set by: **{bound.replace('_peak', '').replace('_', ' and ')}**. XLA's "
+        f"memory analysis of the step: arguments {m['xla_argument']:.0f} MiB, outputs "
+        f"{m['xla_output']:.0f}, temporaries {m['xla_temp']:.0f}, generated code "
+        f"{m['xla_generated_code']:.0f}.",
+    ]
+
+
 VARIANTS = ("none", "matmul", "patches", "folded", "folded+pruned")
 
 
@@ -276,6 +347,10 @@ def _rescale(rows, summaries, peak: float) -> None:
 
 
 def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "--memory-child":
+        memory_child("--quick" in argv)
+        return
     args = _common.parse_args(__doc__, argv)
     quick = args.quick
     host = machine()
@@ -291,6 +366,7 @@ def main(argv=None) -> None:
         all_rows += rows
         summaries += [summary] if summary else []
     kernels = section_kernels(quick)
+    memory = memory_phases(quick)
     peak_after = matmul_flops(rounds=5)
     _rescale(all_rows, summaries, max(peak, peak_after))
     stem = "profile_erf" + ("_quick" if quick else "")
@@ -322,7 +398,8 @@ def main(argv=None) -> None:
                 f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in s.items()
             )
             for s in summaries
-        ],
+        ]
+        + ["memory " + ", ".join(f"{k}={v:.1f}" for k, v in memory.items())],
     )
     lines = [
         "# ERF step profile on XLA:CPU",
@@ -341,6 +418,7 @@ def main(argv=None) -> None:
             f"{s['matmul_fraction_of_peak']:.2f} | "
             f"{s['other_ms_per_image']:.1f} |"
         )
+    lines += memory_lines(memory, n)
     lines += kernel_lines(kernels)
     for lowering in [s_["lowering"] for s_ in summaries]:
         lines += [

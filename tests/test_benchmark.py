@@ -145,6 +145,15 @@ def test_profile_erf_quick(tmp_path):
     md = (tmp_path / "profile_erf_quick.md").read_text()
     assert md.count("## lowering=") == len(lowerings)
     assert "Winograd" in md
+    # the memory phases: one line of the child's readings, each phase at least the resident
+    # memory it started from (VmHWM is reset to the current RSS between phases)
+    (line,) = [v for v in text.splitlines() if "# note" in v and " memory before=" in v]
+    mem = {
+        k: float(v) for k, v in (kv.split("=") for kv in line.split("memory ", 1)[1].split(", "))
+    }
+    assert mem["trace_lower_peak"] >= mem["before"] > 0
+    assert mem["compile_peak"] >= mem["after_lower"] and mem["run_peak"] >= mem["after_compile"]
+    assert mem["xla_temp"] > 0 and "by phase" in md
 
 
 @pytest.mark.slow
