@@ -106,8 +106,8 @@ def test_largest_map_reads_nested_programs():
 
 def test_large_samples_run_in_equal_steps(monkeypatch):
     """A batch wider than the side-by-side width runs as equal steps (one program), the last
-    padded with samples that are not counted; the map is the one-step map (float64 sums),
-    and a NaN sample is still named by its place in the batch."""
+    padded with samples that are not counted; the map is the one-step map (float64 sums).
+    A NaN sample is still named by its place in the batch: see the next test."""
     from jaxrf import _erf
 
     shapes = []
@@ -127,16 +127,6 @@ def test_large_samples_run_in_equal_steps(monkeypatch):
     assert shapes == [(2, 9, 2)] * 6
     assert stepped.count == 11
     np.testing.assert_allclose(stepped.map, whole.map, rtol=1e-13, atol=1e-15)
-
-    monkeypatch.setattr(_erf, "SIDE_BY_SIDE_ELEMENTS", 5)  # sqrt's map: 5 elements, 1 a step
-    x = jnp.ones((4, 5, 1)).at[2, 2, 0].set(0.0)
-    with pytest.raises(
-        jaxrf.NonFiniteGradientError, match=r"1 sample\(s\).*first: sample 2 of draw 0"
-    ):
-        jaxrf.effective_receptive_field(jnp.sqrt, x, (2,))
-    erf = jaxrf.effective_receptive_field(jnp.sqrt, x, (2,), nonfinite="skip")
-    assert erf.count == 3 and erf.nonfinite_samples == 1
-    assert erf.map.tolist() == [0, 0, 0.5, 0, 0]
 
 
 def test_weight_draws_luo_protocol():
@@ -182,7 +172,13 @@ def test_weight_draws_with_an_initialiser_that_needs_concrete_keys():
     np.testing.assert_allclose(erf.map, expected, rtol=1e-6)
 
 
-def test_nonfinite_samples_raise_or_are_skipped():
+@pytest.mark.parametrize("elements", [None, 5], ids=["one-step", "one-sample-steps"])
+def test_nonfinite_samples_raise_or_are_skipped(elements, monkeypatch):
+    """Also when every sample runs as a step of its own (sqrt's largest map: 5 elements)."""
+    if elements is not None:
+        from jaxrf import _erf
+
+        monkeypatch.setattr(_erf, "SIDE_BY_SIDE_ELEMENTS", elements)
     x = jnp.ones((4, 5, 1)).at[2, 2, 0].set(0.0)
     with pytest.raises(
         jaxrf.NonFiniteGradientError, match=r"1 sample\(s\).*first: sample 2 of draw 0"
