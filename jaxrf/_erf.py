@@ -283,9 +283,11 @@ def _mesh(devices):
     return Mesh(np.array(devices), ("batch",)), len(devices)
 
 
-def _put(mesh, n_devices, xb, valid):
-    """Pad the batch to a multiple of the device count and shard it on the batch axis."""
-    pad = (-xb.shape[0]) % n_devices
+def _put(mesh, n_devices, xb, valid, size: int = 0):
+    """Pad the batch with invalid samples to ``size`` (at least) and a multiple of the device
+    count; shard it on the batch axis."""
+    size = max(size, xb.shape[0])
+    pad = size - xb.shape[0] + (-size) % n_devices
     if pad:
         xb = np.concatenate([np.asarray(xb), np.zeros((pad, *xb.shape[1:]), xb.dtype)])
         valid = np.concatenate([valid, np.zeros(pad, bool)])
@@ -599,20 +601,17 @@ def _chunked_batch_sum(o: dict, plan: _Plan, params, xb, lowering: str, mesh, n_
     step = size if width is None else min(size, width * n_devices)
     steps = -(-size // step)
     step = -(-size // steps)  # balanced: the padding is less than one sample per step
+    indices = jnp.asarray(plan.indices, jnp.int32)
     sums, kept, bad, first = None, 0, 0, 0
     for start in range(0, size, step):
         chunk = xb[start : start + step]
-        valid = np.arange(step) < chunk.shape[0]
-        if chunk.shape[0] < step:
-            pad = np.zeros((step - chunk.shape[0], *chunk.shape[1:]), chunk.dtype)
-            chunk = np.concatenate([np.asarray(chunk), pad])
-        xs, valid = _put(mesh, n_devices, chunk, valid)
+        xs, valid = _put(mesh, n_devices, chunk, np.ones(chunk.shape[0], bool), step)
         totals, k, b, f = _batch_sum(
             plan.apply,
             params,
             xs,
             valid,
-            jnp.asarray(plan.indices, jnp.int32),
+            indices,
             plan.weights,
             in_layout=plan.in_layout,
             out_layouts=plan.out_layouts,
