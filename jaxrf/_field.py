@@ -525,6 +525,32 @@ class ReceptiveField:
             return None
         return tuple(zip(lo, hi, strict=True))
 
+    def axis_bounds(self) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+        """Per axis, the clipped input interval each output index along it can read.
+
+        For axis ``a``, ``(lo, hi)``: int arrays of length ``output_shape[a]``; output ``i``
+        along ``a`` reads pixels in ``[lo[i], hi[i]]`` of input axis ``a`` whatever its other
+        coordinates (the union over them of :meth:`region` with ``clip=True``, so a bound, not
+        one position's box); ``lo > hi`` where no output with that coordinate reads a real pixel.
+        A product of these intervals holds every output position's clipped region.
+
+        Example:
+            >>> import jaxrf
+            >>> rf = jaxrf.from_layers([jaxrf.Layer(3, padding=1)], input_shape=(4,))
+            >>> [(lo.tolist(), hi.tolist()) for lo, hi in rf.axis_bounds()]
+            [([0, 0, 1, 2], [1, 2, 3, 3])]
+        """
+        out = []
+        for a, n_in in enumerate(self.input_shape):
+            reads = np.zeros((self.output_shape[a], n_in), dtype=bool)
+            for term in self._terms:
+                reads |= term[a]
+            any_read = reads.any(axis=1)
+            lo = np.where(any_read, reads.argmax(axis=1), n_in)
+            hi = np.where(any_read, n_in - 1 - reads[:, ::-1].argmax(axis=1), -1)
+            out.append((lo.astype(int), hi.astype(int)))
+        return tuple(out)
+
     def center(self, index: Sequence[int]) -> tuple[Number, ...]:
         """Centre of the unclipped region of output ``index``: ``S i - P + (r - 1)/2``.
 

@@ -11,12 +11,14 @@ size. The statistics are those of :mod:`jaxrf` (:func:`jaxrf.erf_std`, :func:`ja
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
+import jax
 import numpy as np
 
 from . import _stats
@@ -286,8 +288,9 @@ def _example(inputs):
     return first[:1], rest
 
 
-def _probe_layers(fn, example, inputs, indices: Mapping[str, tuple], centres, erf_options):
-    """Structural boxes and ERFs of one unit per layer (``layer=`` taps):
+def _probe_layers(fn, net, example, inputs, indices: Mapping[str, tuple], centres, erf_options):
+    """Structural boxes (of ``net``, ``x -> y``) and ERFs (of ``fn``, as
+    :func:`jaxrf.effective_receptive_field` takes it) of one unit per layer (``layer=`` taps):
     ``({name: box}, {name: map}, count)``. Layers probed at their centre share one ERF pass
     over ``inputs`` (one forward and one backward per layer per sample); every other distinct
     index needs a pass of its own, so ``inputs`` must then be re-iterable. A ``token_grid``
@@ -295,7 +298,7 @@ def _probe_layers(fn, example, inputs, indices: Mapping[str, tuple], centres, er
     token_grid = erf_options.get("token_grid")
     supports = {
         name: actual_receptive_field(
-            fn, example, index, mode="structural", layer=name, token_grid=token_grid
+            net, example, index, mode="structural", layer=name, token_grid=token_grid
         ).box
         for name, index in indices.items()
     }
@@ -347,7 +350,9 @@ def layer_report(
         thresholds: area-ratio thresholds (RepLKNet's 20/30/50/99 % by default).
         **erf_options: passed to :func:`jaxrf.effective_receptive_field` (``batch_size``,
             ``reduce``, ``progress``, ``nonfinite``, ``lowering``, ...); ``token_grid`` also to
-            the structural box.
+            the structural box. With ``init_fn`` (Luo's averaging over weight draws), ``fn``
+            takes ``(params, x)``; theory and structural box use the draw of
+            ``jax.random.key(0)`` (they do not depend on the weights).
 
     Returns:
         A :class:`LayerReport`; ``report.table(fmt)`` renders it as text, Markdown, LaTeX or
@@ -370,9 +375,13 @@ def layer_report(
         conv1,2,5,1,0,"[2,6]","[2,6]",1.15,2.24,0.333,0.333,0.333,0.556,1,1
     """
     example, inputs = _example(inputs)
-    rf = receptive_field(fn, example)
+    init_fn = erf_options.get("init_fn")
+    # Theory and structural box do not depend on the weights: with ``init_fn`` (fn taking
+    # ``(params, x)``), one draw stands for all of them.
+    net = fn if init_fn is None else functools.partial(fn, init_fn(jax.random.key(0)))
+    rf = receptive_field(net, example)
     names = [layers] if isinstance(layers, str) else list(layers or [r.name for r in rf.layers])
     indices = unit_indices(rf, names, index)
     centres = unit_indices(rf, names)
-    supports, maps, count = _probe_layers(fn, example, inputs, indices, centres, erf_options)
+    supports, maps, count = _probe_layers(fn, net, example, inputs, indices, centres, erf_options)
     return assemble_report(rf, indices, supports, maps, thresholds, count)

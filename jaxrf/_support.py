@@ -3,8 +3,8 @@
 Naively the support of every output position takes one backward pass per position.
 :func:`support_map` puts one-hot cotangents at many positions whose supports cannot overlap
 into the same pass and reads each one's support from its own part of the input (Curtis, Powell
-and Reid's Jacobian colouring, with the sparsity pattern measured instead of known). The probe
-itself is :class:`jaxrf._probe.Prober`.
+and Reid's Jacobian colouring, with the sparsity pattern bounded by the interval algebra where
+it applies, else measured). The probe itself is :class:`jaxrf._probe.Prober`.
 """
 
 from __future__ import annotations
@@ -12,14 +12,17 @@ from __future__ import annotations
 import itertools
 import math
 import numbers
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+import jax
 import numpy as np
 
 from ._field import check_index
 from ._gradient import Box, center_index
 from ._probe import Prober, mask_box, prober_for
+from ._trace import receptive_field
 
 
 @dataclass(frozen=True)
@@ -205,16 +208,21 @@ def support_map(
 
     Naively one backward pass per output position. Jacobian colouring puts one-hot cotangents
     at many positions whose supports cannot overlap into the same pass and reads each one's
-    support from its own part of the input. The spacing comes from a **measured** support:
-    a few positions (centre, its neighbours along each axis, the corners) are probed one by
-    one, their boxes give a per-axis affine window ``S i + [lo, hi]`` (plus a margin) for every
-    position, and positions whose windows are disjoint share a pass. Attribution is verified:
+    support from its own part of the input. A few positions (centre, its neighbours along
+    each axis, the corners) are first probed one by one. The windows come from the interval
+    algebra when it applies: :meth:`jaxrf.ReceptiveField.axis_bounds` bounds every position's
+    support per axis, exactly and wherever its pixels are (a pixel copied far away included),
+    and is used when every probed box lies inside its bound; positions whose windows are
+    pairwise disjoint per axis then share a pass, and the colouring cannot misattribute.
+    Otherwise (a primitive without an interval rule) the probed boxes give a per-axis affine
+    window ``S i + [lo, hi]`` (plus a margin) for every position. Attribution is verified:
     every nonzero input pixel of a pass must fall in the window of a position seeded in that
     pass (the windows are disjoint, so at most one); otherwise the margins are doubled and the
-    colouring redone (at most ``max_refinements`` times, then one pass per position). A
-    support that overflows its window *into another seeded position's window* cannot be seen by
-    this check; the margin (one effective stride plus one pixel, doubled at each refinement)
-    is there for that, and misaligned networks are covered by probing the borders.
+    colouring redone (at most ``max_refinements`` times, then one pass per position). With
+    probed windows, a support that overflows its window *into another seeded position's
+    window* cannot be seen by this check; the margin (one effective stride plus one pixel,
+    doubled at each refinement) is there for that, and misaligned networks are covered by
+    probing the borders.
 
     Speed: ``seeds_per_call`` passes are computed by one jitted call (the backward passes
     batched with ``jax.vmap``, the forward pass shared), only bool masks come back to the host,
@@ -229,7 +237,8 @@ def support_map(
             ``nonfinite="skip"`` a NaN/inf pixel is in no support).
         token_grid: the grid ``(h, w)`` of a token-sequence output, as in
             :func:`jaxrf.gradient_map`.
-        max_refinements: margin doublings before falling back to one pass per position.
+        max_refinements: margin doublings of probed windows before falling back to one pass
+            per position.
         seeds_per_call: backward passes per batched call (default: up to 16, fewer when one
             pass's input-sized cotangents, channel weightings x samples, are large); lower it
             if memory runs out.
@@ -254,6 +263,14 @@ def support_map(
     masks = _pull_back(prober, (prober.one_hot(p) for p in picks), per_call, done)
     probes = {p: mask_box(m) for p, m in zip(picks, masks, strict=True)}
     probe_passes = done[0]
+    analytic = _analytic_windows(prober, probes)
+    if analytic is not None:
+        windows, spacing = analytic
+        if np.prod(spacing) >= np.prod(prober.output_shape):
+            return _one_pass_per_position(prober, per_call, done, probe_passes)
+        found = _coloured(prober, windows, spacing, per_call, done)
+        if found is not None:
+            return _support_map(prober, found, done, probe_passes, spacing, windows)
     for attempt in range(max_refinements + 1):
         windows, spacing = _axis_windows(
             probes, prober.output_shape, prober.input_shape, 2**attempt
@@ -262,19 +279,78 @@ def support_map(
             break
         found = _coloured(prober, windows, spacing, per_call, done)
         if found is not None:
-            boxes, pass_masks = found
-            return SupportMap(
-                boxes=boxes,
-                mode=mode,
-                input_shape=prober.input_shape,
-                output_shape=prober.output_shape,
-                passes=done[0],
-                probe_passes=probe_passes,
-                spacing=spacing,
-                _pass_masks=pass_masks,
-                _windows=windows,
-            )
+            return _support_map(prober, found, done, probe_passes, spacing, windows)
     return _one_pass_per_position(prober, per_call, done, probe_passes)
+
+
+def _support_map(prober: Prober, found, done, probe_passes, spacing, windows) -> SupportMap:
+    boxes, pass_masks = found
+    return SupportMap(
+        boxes=boxes,
+        mode=prober.mode,
+        input_shape=prober.input_shape,
+        output_shape=prober.output_shape,
+        passes=done[0],
+        probe_passes=probe_passes,
+        spacing=spacing,
+        _pass_masks=pass_masks,
+        _windows=windows,
+    )
+
+
+def _analytic_windows(prober: Prober, probes: dict):
+    """Windows and spacing from the interval algebra, or None where it does not apply.
+
+    :meth:`jaxrf.ReceptiveField.axis_bounds` bounds every position's support exactly, wherever
+    its pixels are (a pixel copied far away included), so positions whose bounds are disjoint
+    can share a pass without a margin. Used only when the algebra knows every primitive of the
+    probed function, its output has the probed spatial shape, and every probed box lies inside
+    its bound (a cross-check on the axis correspondence); otherwise None, and the windows come
+    from the probes as before.
+    """
+    spec = jax.ShapeDtypeStruct(prober.x.shape, prober.x.dtype)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            rf = receptive_field(prober.fn, spec, spatial_axes=prober.in_layout.spatial)
+    except (TypeError, ValueError):  # a primitive without a rule, or no dependence on x
+        return None
+    if tuple(rf.output_shape) != tuple(prober.output_shape):
+        return None
+    windows = rf.axis_bounds()
+    for p, b in probes.items():
+        if b is not None and any(
+            not (lo[i] <= first and last <= hi[i])
+            for (lo, hi), i, (first, last) in zip(windows, p, b, strict=True)
+        ):
+            return None
+    return windows, tuple(_disjoint_spacing(lo, hi) for lo, hi in windows)
+
+
+def _disjoint_spacing(lo: np.ndarray, hi: np.ndarray) -> int:
+    """Smallest ``m`` such that the windows of indices equal modulo ``m`` are pairwise disjoint
+    (empty windows, ``lo > hi``, overlap nothing); ``len(lo)`` when there is none.
+
+    Unlike an affine fit, bounds need not grow with the index (a pixel read from far away), so
+    disjointness of neighbours ``i, i + m`` is checked first (cheap, necessary), then every
+    residue class sorted by its starts.
+    """
+    n = len(lo)
+    empty = lo > hi
+    for m in range(1, n):
+        near = empty[:-m] | empty[m:] | (hi[:-m] < lo[m:]) | (hi[m:] < lo[:-m])
+        if not near.all():
+            continue
+        if all(_disjoint(lo[s::m], hi[s::m]) for s in range(m)):
+            return m
+    return n
+
+
+def _disjoint(lo: np.ndarray, hi: np.ndarray) -> bool:
+    keep = lo <= hi
+    order = np.argsort(lo[keep], kind="stable")
+    starts, ends = lo[keep][order], hi[keep][order]
+    return bool(np.all(ends[:-1] < starts[1:]))
 
 
 def _probe_positions(out_shape) -> list[tuple[int, ...]]:

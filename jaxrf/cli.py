@@ -512,7 +512,9 @@ def _layers(args: argparse.Namespace) -> int:
     inputs, shape, used = erf_inputs(args, target)
     index = None if args.index is None else parse_shape(args.index, "--index")
     try:
-        report = jaxrf.layer_report(target.fn, inputs, layers=args.layer, index=index)
+        report = jaxrf.layer_report(
+            target.fn, inputs, layers=args.layer, index=index, batch_size=args.batch_size
+        )
     except ValueError as error:  # an unknown layer or a bad index, named in the message
         raise CommandLineError(f"layer report: {error}") from None
     if args.format == "text":

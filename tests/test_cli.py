@@ -267,6 +267,25 @@ def test_layers_command_on_a_bundled_photo(capsys):
     assert second["RF region"] == second["support box"] == "[12,21]x[12,21]"
 
 
+def test_layers_command_forwards_batch_size(monkeypatch, capsys):
+    # --batch-size reaches layer_report's ERF (3 random samples, steps of 2); the conv1_1
+    # unit's theory and structural box are as in the test above.
+    seen = {}
+    real = jaxrf.layer_report
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(jaxrf, "layer_report", spy)
+    argv = ["layers", "vgg_16", "--input-shape", "32,32", "--samples", "3", "--batch-size", "2"]
+    argv += ["--layer", "VGG16/conv1_1/conv", "--format", "csv"]
+    assert cli.main(argv) == 0
+    assert seen["batch_size"] == 2
+    rows = list(csv.DictReader(capsys.readouterr().out.strip().splitlines()))
+    assert rows[0]["RF region"] == rows[0]["support box"] == "[15,17]x[15,17]"
+
+
 def test_report_stages_have_araujo_rows():
     # Araujo et al., Distill 2019, receptive-field table, input 224: resnet_v1_50/block1 35/8/15,
     # block2 99/16/47, block3 291/32/143; nothing for a stage that is no end point of the table.

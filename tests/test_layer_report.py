@@ -6,6 +6,7 @@ integer maps; RepLKNet's log10(x + 1) normalised squares).
 
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -261,3 +262,29 @@ def test_layer_row_equals_the_network_cut_by_hand():
     assert inside == alone
     # r 5, P 2: [0, 4] x [5, 9]
     assert inside.region == inside.support == ((0, 4), (5, 9))
+
+
+def test_layer_report_with_init_fn_averages_weight_draws():
+    # The chain above with its kernels as parameters: init_fn draws the ones kernels (every
+    # draw equal), so each row is the chain's (hand derivation in the test above) and the
+    # ERF averages 2 inputs x 3 draws. Theory and the structural box use one draw.
+    def init_fn(key):
+        del key
+        return [jnp.ones((3, 3, 1, 1))] * 3
+
+    def net(params, x):
+        strides = (1, 2, 1)
+        for w, s in zip(params, strides, strict=True):
+            x = lax.conv_general_dilated(x, w, (s, s), "VALID", dimension_numbers=DN)
+        return x
+
+    report = jaxrf.layer_report(
+        net, jnp.ones((2, 16, 16, 1)), init_fn=init_fn, num_draws=3, key=jax.random.key(1)
+    )
+    assert report.count == 6
+    chain = jaxrf.layer_report(_chain, jnp.ones((2, 16, 16, 1)))
+    assert [r.name for r in report.rows] == ["conv0", "conv1", "conv2"]
+    for got, want in zip(report.rows, chain.rows, strict=True):
+        assert (got.index, got.region, got.support) == (want.index, want.region, want.support)
+        assert got.std == pytest.approx(want.std, rel=1e-6)
+        assert got.luo_size == pytest.approx(want.luo_size, rel=1e-12)

@@ -25,8 +25,10 @@ once with ``jax.vmap`` over the one-hot seeds (one compilation per example). It 
 cross-checked against an independent reference, the exact Jacobian of the network at a random
 input (``jax.jacrev``), which must vanish outside the structural support; and where the field
 is aligned, Distill's ``size``/``stride``/``padding`` box must contain every measured box.
-:func:`jaxrf.support_map` (Jacobian colouring) is not used: it can misattribute supports on
-irregular networks (see ``tests/test_regressions.py``).
+With ``cross_check``, :func:`jaxrf.support_map` (Jacobian colouring, several positions a pass)
+must give every position's box exactly as the one-pass-per-position ground truth: its windows
+come from the interval algebra, so a support that jumps across windows (a pixel copied far
+away, ``tests/test_regressions.py``) cannot be misattributed.
 
 Float32 suffices for the structural side: the surrogate is binarised (``> 0 -> 1``) after every
 operation, so the cotangents are small non-negative integers, exact in float32.
@@ -648,6 +650,18 @@ def compare(net: Net, *, cross_check: bool = False, rules=None) -> None:
     check_size_stride_padding(rf, masks)
     if cross_check:
         jacobian_inside_structural(fn, net, masks)
+        colouring_matches(fn, x, net, masks)
+
+
+def colouring_matches(fn, x, net: Net, masks: np.ndarray) -> None:
+    """:func:`jaxrf.support_map`'s boxes equal the per-position ground truth everywhere."""
+    sm = jaxrf.support_map(fn, x, mode="structural")
+    wrong = [
+        (index, sm.box(index), box_of(masks[index]))
+        for index in np.ndindex(*masks.shape[: net.ndim])
+        if sm.box(index) != box_of(masks[index])
+    ]
+    assert not wrong, f"support_map: {len(wrong)} wrong boxes, first {wrong[:3]} in {net!r}"
 
 
 def jacobian_inside_structural(fn, net: Net, masks: np.ndarray) -> None:

@@ -215,7 +215,7 @@ def test_separable_resize_in_one_contraction():
 
 
 # ---------------------------------------------------------------------------------------
-# Open: support_map's colouring misattributes a support that jumps into another window.
+# Fixed: support_map's colouring misattributed a support that jumps into another window.
 # ---------------------------------------------------------------------------------------
 
 
@@ -236,22 +236,65 @@ def test_pixel_copied_far_per_position():
     assert measured_boxes(pixel_zero_copied_to_five, x) == expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="support_map colours positions from probed boxes (centre, neighbours, borders): "
-    "all probes see one-pixel supports, so positions 5 apart share a pass and pixel 0, read "
-    "by output 5, is attributed to output 0 (inside its window); the documented blind spot "
-    "of the colouring, not a one-rule fix. Per-position probing is exact.",
-)
 def test_support_map_pixel_copied_far():
     """Same network as above through :func:`jaxrf.support_map` (found by the property
     test's cross-check on ``concat_c(x, crop(conv(x)))`` with a 5-pixel offset). Expected
-    as derived above: output 5's box is ``(0, 5)``; support_map answers ``(5, 5)``."""
+    as derived above: output 5's box is ``(0, 5)``. The colouring from probed boxes alone
+    answered ``(5, 5)`` (positions 5 apart shared a pass and pixel 0 went to output 0); the
+    windows now come from the interval algebra's per-axis bounds, which hold pixel 0 for
+    output 5, so outputs 0 and 5 never share a pass (spacing 6: the smallest at which
+    output 5's window ``[0, 5]`` misses every other window of its residue class)."""
     x = jnp.zeros((1, 12, 1), jnp.float32)
     sm = jaxrf.support_map(pixel_zero_copied_to_five, x)
     assert [sm.box((i,)) for i in range(12)] == [
         ((i, i),) if i != 5 else ((0, 5),) for i in range(12)
     ]
+    assert sm.spacing == (6,)
+    assert np.flatnonzero(sm.mask((5,))).tolist() == [0, 5]
+    assert np.flatnonzero(sm.mask((0,))).tolist() == [0]
+
+
+def pixel_copied_to_3_4(x):
+    """8x8 map: channel 0 is ``x``; channel 1 holds pixel ``(0, 0)`` at position ``(3, 4)``."""
+    y = jnp.pad(x[:, 0:1, 0:1], ((0, 0), (3, 4), (4, 3), (0, 0)))
+    return jnp.concatenate([x, y], axis=-1)
+
+
+@pytest.mark.parametrize("mode", ["structural", "measured"])
+def test_support_map_pixel_copied_far_in_2d(mode):
+    """Hand derivation: output ``(i, j)`` reads ``{(i, j)}``, except ``(3, 4)``, which also
+    reads ``(0, 0)``: box ``((0, 3), (0, 4))``. Per axis the bound of row 3 is ``[0, 3]`` and of
+    column 4 ``[0, 4]``, so rows need spacing 4 (rows 0 and 3 must not share a pass; 3 apart
+    they would, and 4 is the least above 3 with every residue class disjoint) and columns 5."""
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((1, 8, 8, 1)), jnp.float32)
+    with pytest.warns(jaxrf.MisalignmentWarning):
+        rf = jaxrf.receptive_field(pixel_copied_to_3_4, x)
+    (lo0, hi0), (lo1, hi1) = rf.axis_bounds()
+    assert (lo0.tolist(), hi0.tolist()) == ([0, 1, 2, 0, 4, 5, 6, 7], list(range(8)))
+    assert (lo1.tolist(), hi1.tolist()) == ([0, 1, 2, 3, 0, 5, 6, 7], list(range(8)))
+    sm = jaxrf.support_map(pixel_copied_to_3_4, x, mode=mode)
+    assert sm.spacing == (4, 5)
+    for i, j in np.ndindex(8, 8):
+        want = ((0, 3), (0, 4)) if (i, j) == (3, 4) else ((i, i), (j, j))
+        assert sm.box((i, j)) == want
+        assert sm.mask((i, j)).sum() == (2 if (i, j) == (3, 4) else 1)
+
+
+def test_disjoint_spacing_checks_whole_residue_classes():
+    """Windows 0:[0,0] 1:[1,1] 2:[5,5] 3:[3,3] 4:[0,4] 5:[5,5] (not monotone in the index).
+
+    By hand: m=1 fails at (3, 4); m=2 passes every neighbour pair (i, i+2) but its class
+    {0, 2, 4} holds [0,0] and [0,4]; m=3 fails at (1, 4); m=4 at (0, 4); m=5 leaves {0, 5}
+    and singletons, all disjoint. With output 4 reading nothing (an empty window overlaps
+    nothing), every neighbour pair of m=1 is disjoint but outputs 2 and 5 share [5,5]; m=2
+    leaves {0, 2, 4} and {1, 3, 5}, both disjoint."""
+    from jaxrf._support import _disjoint_spacing
+
+    lo, hi = np.array([0, 1, 5, 3, 0, 5]), np.array([0, 1, 5, 3, 4, 5])
+    assert _disjoint_spacing(lo, hi) == 5
+    lo[4], hi[4] = 6, -1  # output 4 reads nothing
+    assert _disjoint_spacing(lo, hi) == 2
+    assert _disjoint_spacing(np.zeros(4, int), np.full(4, 3)) == 4  # all overlap: one each
 
 
 def test_squeeze_excitation_reshape_keeps_the_batch_axis_of_one():
