@@ -245,13 +245,19 @@ def profile(net, xs, lowering: str, runs: int, peak: float):
     return rows, summary
 
 
-def memory_child(quick: bool) -> None:
+WEIGHTS = ("constants", "arguments")
+
+
+def memory_child(quick: bool, weights: str) -> None:
     """Run in a subprocess: the ERF of 8 images in phases; prints one JSON line (MiB).
 
     The ERF's own step is intercepted at its first call: lowered, compiled and run as
-    separate phases, the peak resident memory reset between them.
+    separate phases, the peak resident memory reset between them; then run once more, timed.
+    ``weights="constants"``: the network closes over its weights (what the benchmark runs;
+    XLA compiles them in and folds their layout changes). ``"arguments"``: the same weights
+    given through ``init_fn`` (``fn(params, x)``), so the step takes them as arguments.
     """
-    net, _, _ = resnet_setup(quick)
+    net, variables, layers = resnet_setup(quick)
     n = 64 if quick else 224
     xs = jax.random.normal(jax.random.key(2), (8, n, n, 3), jnp.float32)
     mib = 1 / 1024
@@ -267,45 +273,84 @@ def memory_child(quick: bool) -> None:
         out["after_compile"] = reset_peak() * mib
         result = jax.block_until_ready(compiled(*args[1:]))  # apply and kwargs are static
         out["run_peak"] = peak_rss() * mib
+        t = time.perf_counter()
+        jax.block_until_ready(compiled(*args[1:]))
+        out["second_run_ms_per_image"] = (time.perf_counter() - t) * 1e3 / len(xs)
         analysis = compiled.memory_analysis()
         for name in ("argument", "output", "temp", "generated_code"):
             out[f"xla_{name}"] = getattr(analysis, f"{name}_size_in_bytes") / 2**20
         return result
 
     _erf._BATCH_SUM["lowered"] = phased
-    jaxrf.effective_receptive_field(relu_of(net), xs, batch_size=8, reduce="positive")
+    if weights == "constants":
+        jaxrf.effective_receptive_field(relu_of(net), xs, batch_size=8, reduce="positive")
+    else:
+        entry = jaxrf.models.get("resnet50_torchvision")
+        width = 0.125 if quick else 1.0
+
+        def fn(params, x):
+            return jax.nn.relu(entry.apply(params, x, layers=layers, width=width))
+
+        jaxrf.effective_receptive_field(
+            fn, xs, batch_size=8, reduce="positive", init_fn=lambda key: variables
+        )
     print("MEMORY " + json.dumps(out), flush=True)
 
 
 def memory_phases(quick: bool) -> dict:
-    cmd = [sys.executable, __file__, "--memory-child"] + (["--quick"] if quick else [])
-    text = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    return json.loads(next(v for v in text.splitlines() if v.startswith("MEMORY "))[7:])
+    """:func:`memory_child`'s readings, one subprocess per way of giving the weights."""
+    out = {}
+    for weights in WEIGHTS:
+        cmd = [sys.executable, __file__, "--memory-child", weights]
+        cmd += ["--quick"] if quick else []
+        text = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        out[weights] = json.loads(next(v for v in text.splitlines() if v.startswith("MEMORY "))[7:])
+    return out
 
 
-def memory_lines(m: dict, n: int) -> list[str]:
-    """Markdown of :func:`memory_child`'s phases."""
-    growth = {k: m[k] - m["before"] for k in ("trace_lower_peak", "compile_peak", "run_peak")}
-    bound = max(growth, key=growth.get)
+def memory_lines(mem: dict, n: int) -> list[str]:
+    """Markdown of :func:`memory_child`'s phases, weights as constants and as arguments."""
+    growth = {
+        w: {k: m[k] - m["before"] for k in ("trace_lower_peak", "compile_peak", "run_peak")}
+        for w, m in mem.items()
+    }
+    c, a = mem["constants"], mem["arguments"]
+    gc, ga = growth["constants"], growth["arguments"]
+    bound = max(gc, key=gc.get)
+
+    def cells(m, g, phase, after):
+        return f"{m[phase]:.0f} | {g[phase]:.0f} | " + (f"{m[after]:.0f}" if after else "")
+
+    def analysis(m):
+        return (
+            f"arguments {m['xla_argument']:.0f} MiB, outputs {m['xla_output']:.0f}, temporaries "
+            f"{m['xla_temp']:.0f}, generated code {m['xla_generated_code']:.0f}"
+        )
+
     return [
         "",
         f"## Peak memory of the ERF at {n}x{n}, batch 8, by phase",
         "",
-        "One subprocess; peak resident memory (VmHWM) reset between phases; growth over the "
-        f"{m['before']:.0f} MiB resident before the ERF (imports and network built).",
+        "One subprocess per column; peak resident memory (VmHWM) reset between phases; growth "
+        "over the memory resident before the ERF (imports and network built: "
+        f"{c['before']:.0f} and {a['before']:.0f} MiB). Weights as constants: the network "
+        "closes over them (the benchmark's ERF). As arguments: the same weights through "
+        "`init_fn`, so XLA neither compiles them in nor folds their layout changes.",
         "",
-        "| phase | peak RSS MiB | growth MiB | resident after MiB |",
-        "|---|---|---|---|",
-        f"| trace and lower the step | {m['trace_lower_peak']:.0f} | "
-        f"{growth['trace_lower_peak']:.0f} | {m['after_lower']:.0f} |",
-        f"| compile (XLA:CPU) | {m['compile_peak']:.0f} | {growth['compile_peak']:.0f} | "
-        f"{m['after_compile']:.0f} |",
-        f"| run one step | {m['run_peak']:.0f} | {growth['run_peak']:.0f} | |",
+        "| phase | constants: peak RSS MiB | growth | resident after | arguments: peak RSS MiB "
+        "| growth | resident after |",
+        "|---|---|---|---|---|---|---|",
+        f"| trace and lower the step | {cells(c, gc, 'trace_lower_peak', 'after_lower')} | "
+        f"{cells(a, ga, 'trace_lower_peak', 'after_lower')} |",
+        f"| compile (XLA:CPU) | {cells(c, gc, 'compile_peak', 'after_compile')} | "
+        f"{cells(a, ga, 'compile_peak', 'after_compile')} |",
+        f"| run one step | {cells(c, gc, 'run_peak', '')} | {cells(a, ga, 'run_peak', '')} |",
+        f"| second step, ms/image (one timing) | {c['second_run_ms_per_image']:.0f} | | | "
+        f"{a['second_run_ms_per_image']:.0f} | | |",
         "",
-        f"The peak is set by: **{bound.replace('_peak', '').replace('_', ' and ')}**. XLA's "
-        f"memory analysis of the step: arguments {m['xla_argument']:.0f} MiB, outputs "
-        f"{m['xla_output']:.0f}, temporaries {m['xla_temp']:.0f}, generated code "
-        f"{m['xla_generated_code']:.0f}.",
+        f"With constants the peak is set by: **{bound.replace('_peak', '').replace('_', ' and ')}"
+        f"**. XLA's memory analysis of the step, constants: {analysis(c)}; arguments: "
+        f"{analysis(a)}.",
     ]
 
 
@@ -349,7 +394,7 @@ def _rescale(rows, summaries, peak: float) -> None:
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "--memory-child":
-        memory_child("--quick" in argv)
+        memory_child("--quick" in argv, argv[1])
         return
     args = _common.parse_args(__doc__, argv)
     quick = args.quick
@@ -399,7 +444,11 @@ def main(argv=None) -> None:
             )
             for s in summaries
         ]
-        + ["memory " + ", ".join(f"{k}={v:.1f}" for k, v in memory.items())],
+        + [
+            ("memory " if w == "constants" else f"memory_{w} ")
+            + ", ".join(f"{k}={v:.1f}" for k, v in m.items())
+            for w, m in memory.items()
+        ],
     )
     lines = [
         "# ERF step profile on XLA:CPU",

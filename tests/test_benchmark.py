@@ -154,6 +154,15 @@ def test_profile_erf_quick(tmp_path):
     assert mem["trace_lower_peak"] >= mem["before"] > 0
     assert mem["compile_peak"] >= mem["after_lower"] and mem["run_peak"] >= mem["after_compile"]
     assert mem["xla_temp"] > 0 and "by phase" in md
+    # the same with the weights as arguments (init_fn): the step takes them as arguments
+    (line,) = [v for v in text.splitlines() if "# note" in v and " memory_arguments " in v]
+    args = {
+        k: float(v)
+        for k, v in (kv.split("=") for kv in line.split("memory_arguments ", 1)[1].split(", "))
+    }
+    assert args["compile_peak"] >= args["after_lower"] and args["run_peak"] >= args["after_compile"]
+    assert args["xla_argument"] > mem["xla_argument"]  # the weights are among the arguments
+    assert args["second_run_ms_per_image"] > 0 and "arguments: peak RSS" in md
 
 
 @pytest.mark.slow
