@@ -127,7 +127,9 @@ REGISTRY: dict[str, Entry] = {
         R.reduce_window, S.window_sum_surrogate, "same", cone=P.window_cone(float("inf"))
     ),
     "reduce_window": Entry(R.reduce_window, S.window_sum_surrogate, "same"),
-    "reduce_window_sum": Entry(R.reduce_window, S.keep_surrogate, "same", cone=P.window_cone(0)),
+    "reduce_window_sum": Entry(
+        R.reduce_window, S.window_sum_surrogate, "same", cone=P.window_cone(0)
+    ),
     "pad": Entry(R.pad, S.keep_surrogate, "same"),
     "slice": Entry(T.slice_tokens, S.keep_surrogate, "same"),
     "dynamic_slice": Entry(R.dynamic_slice, S.keep_surrogate, "same", None, lambda n: range(1, n)),

@@ -175,7 +175,8 @@ def sum_reduction_surrogate(eqn, vals):
 
 
 def window_sum_surrogate(eqn, vals):
-    """Max/min/generic pooling: the sum over the same windows."""
+    """Pooling (sum, max, min, generic): the sum over the same windows (dilated windows as
+    strided slices, see :func:`_dilated_window_sum`)."""
     p = eqn.params
     operands = (
         [v for v in vals[: len(vals) // 2] if isinstance(v, Dep)]

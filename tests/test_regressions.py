@@ -340,3 +340,44 @@ def test_dilated_max_pool_steps_over_the_pixel(n, boxes):
     x = jnp.zeros((1, n, 1), jnp.float32)
     assert analytic_boxes(dilated_max_pool, x) == boxes
     assert measured_boxes(dilated_max_pool, x) == boxes
+
+
+# The same for a dilated SUM pool (found by a fresh-draw exploration of the random
+# architectures: max pool 3/2 VALID on 4 pixels, then this sum pool, window 4, dilation 2,
+# stride 3, SAME). Its structural surrogate was the sum pool itself, whose pull-back JAX
+# writes as the same pad + dilated window sum. Sum pool window 4, dilation 2, stride 3, SAME
+# on 1 pixel: the window spans 7, SAME pads (3, 3), output 0's taps are -3, -1, 1, 3: it reads
+# nothing. Window 2, dilation 2, stride 1: as the max pool above. The chain: the max pool's
+# one output (reading [0, 2]) is read by no tap, so nothing. The structural probe said
+# pixel 0, resp. pixels [0, 2], before the sum pool's surrogate became the slices too.
+# (XLA:CPU's own gradient of these pools, which mode="measured" reads, is wrong the same way
+# under jit on jaxlib 0.10.2; jaxrf reports the gradient JAX computes.)
+
+
+def dilated_sum_pool_4(x):
+    return lax.reduce_window(x, 0.0, lax.add, (1, 4, 1), (1, 3, 1), "SAME", None, (1, 2, 1))
+
+
+def dilated_sum_pool_2(x):
+    return lax.reduce_window(x, 0.0, lax.add, (1, 2, 1), (1, 1, 1), "SAME", None, (1, 2, 1))
+
+
+def max_then_dilated_sum_pool(x):
+    return dilated_sum_pool_4(
+        lax.reduce_window(x, -jnp.inf, lax.max, (1, 3, 1), (1, 2, 1), "VALID")
+    )
+
+
+@pytest.mark.parametrize(
+    "fn, n, boxes",
+    [
+        (dilated_sum_pool_4, 1, [None]),
+        (dilated_sum_pool_2, 1, [None]),
+        (dilated_sum_pool_2, 5, [((1, 1),), ((0, 2),), ((1, 3),), ((2, 4),), ((3, 3),)]),
+        (max_then_dilated_sum_pool, 4, [None]),
+    ],
+)
+def test_dilated_sum_pool_steps_over_the_pixel(fn, n, boxes):
+    x = jnp.zeros((1, n, 1), jnp.float32)
+    assert analytic_boxes(fn, x) == boxes
+    assert measured_boxes(fn, x) == boxes
