@@ -40,6 +40,7 @@ from ._rules import (
     global_outputs,
     unify,
 )
+from ._rules_factor import Part, group_pattern
 
 
 def _quiet_walk(ctx, sub, inputs) -> tuple:
@@ -460,11 +461,27 @@ def rev(ctx, eqn, inputs):
         if isinstance(label, Flat):
             raise Mixing(f"a reversal of a flattened axis {label}")
         name = name or ctx.name("rev")
-        n = state.shape[label]
-        state = pattern_through(state, label, np.eye(n, dtype=bool)[::-1], name)
+        if isinstance(label, Part):  # one digit of a split axis: reverse that digit
+            axis, pattern = label.axis, _digit_reversal(label.sizes, label.k)
+        elif isinstance(label, int):
+            axis, pattern = label, np.eye(state.shape[label], dtype=bool)[::-1]
+        else:
+            raise Mixing(f"a reversal of axis {label}")
+        state = pattern_through(state, axis, pattern, name)
     if name is None:
         return [Dependent(state, x.axes)]
     return Result((Dependent(state, x.axes),), (ctx.layer(state, name, "rev"),))
+
+
+def _digit_reversal(sizes, k: int) -> np.ndarray:
+    """``(n, n)`` pattern of reversing digit ``k`` of an axis written as row-major digits of
+    ``sizes``: position ``i`` reads the position whose digit ``k`` is ``sizes[k] - 1 - d_k``."""
+    digits = np.indices(sizes).reshape(len(sizes), -1)
+    digits[k] = sizes[k] - 1 - digits[k]
+    n = digits.shape[1]
+    pattern = np.zeros((n, n), bool)
+    pattern[np.arange(n), np.ravel_multi_index(tuple(digits), sizes)] = True
+    return pattern
 
 
 def sort(ctx, eqn, inputs):
@@ -479,12 +496,18 @@ def sort(ctx, eqn, inputs):
     if isinstance(label, Flat):
         raise Mixing(f"a sort along a flattened axis {label}")
     name = ctx.name("sort")
-    n = x.state.shape[label]
-    state = pattern_through(x.state, label, np.ones((n, n), bool), name, is_global=True)
-    warnings.warn(
-        f"'{name}' sorts along spatial axis {label}: every output reads the whole axis.",
-        GlobalReceptiveFieldWarning,
-        stacklevel=2,
-    )
+    if isinstance(label, Part):  # along one digit of a split axis: the positions that agree
+        group = group_pattern(label.sizes, {label.k}, True)  # with it on every other digit
+        state = pattern_through(x.state, label.axis, group, name)
+    elif isinstance(label, int):
+        n = x.state.shape[label]
+        state = pattern_through(x.state, label, np.ones((n, n), bool), name, is_global=True)
+        warnings.warn(
+            f"'{name}' sorts along spatial axis {label}: every output reads the whole axis.",
+            GlobalReceptiveFieldWarning,
+            stacklevel=2,
+        )
+    else:
+        raise Mixing(f"a sort along axis {label}")
     rec = ctx.layer(state, name, "sort")
     return Result.join([Dependent(state, x.axes)] * len(eqn.outvars), merged, Result((), (rec,)))

@@ -381,3 +381,50 @@ def test_dilated_sum_pool_steps_over_the_pixel(fn, n, boxes):
     x = jnp.zeros((1, n, 1), jnp.float32)
     assert analytic_boxes(fn, x) == boxes
     assert measured_boxes(fn, x) == boxes
+
+
+# ---------------------------------------------------------------------------------------
+# Fixed: a reversal (or sort) along an array axis that holds one digit of a split spatial
+# axis (found by a fresh-draw exploration: space-to-depth by 2, then jnp.flip). The rules
+# indexed the state's shape with the digit's label and raised a bare TypeError.
+# ---------------------------------------------------------------------------------------
+
+
+def space_to_depth_2(x):
+    b, n, c = x.shape
+    return x.reshape(b, n // 2, 2, c).reshape(b, n // 2, 2 * c)
+
+
+def channel_sum(x):  # a 1x1 convolution with ones: contracts the channels, digit included
+    w = jnp.ones((1, x.shape[-1], 1), x.dtype)
+    return lax.conv_general_dilated(x, w, (1,), "VALID", dimension_numbers=("NWC", "WIO", "NWC"))
+
+
+def flipped_digit(x):
+    return channel_sum(jnp.flip(space_to_depth_2(x), axis=1))
+
+
+def sorted_digit(x):
+    return channel_sum(jnp.sort(space_to_depth_2(x), axis=1))
+
+
+def test_reversal_of_a_split_axis_digit():
+    """12 pixels; space-to-depth gives 6 positions, position ``q`` holding pixels ``2q, 2q +
+    1`` in its channels; the flip makes output ``p`` hold position ``5 - p``; the channel sum
+    reads both pixels. Hand derivation: output ``p`` reads ``[10 - 2p, 11 - 2p]``."""
+    x = jnp.zeros((1, 12, 1), jnp.float32)
+    expected = [((10 - 2 * p, 11 - 2 * p),) for p in range(6)]
+    assert analytic_boxes(flipped_digit, x) == expected
+    assert measured_boxes(flipped_digit, x) == expected
+
+
+def test_sort_along_a_split_axis_digit():
+    """As above with a sort along the 6 positions: before the channel sum, pixel ``2q + d``
+    reads the 6 pixels whose digit is ``d`` (even or odd); the channel sum reads both digits,
+    so every output reads all 12 pixels."""
+    x = jnp.zeros((1, 12, 1), jnp.float32)
+    # before the sum the field still indexes the 12 pixels (a digit sits in the channels)
+    before = analytic_boxes(lambda x: jnp.sort(space_to_depth_2(x), axis=1), x)
+    assert before == [((0, 10),), ((1, 11),)] * 6
+    assert analytic_boxes(sorted_digit, x) == [((0, 11),)] * 6
+    assert measured_boxes(sorted_digit, x) == [((0, 11),)] * 6
