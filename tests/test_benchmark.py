@@ -83,6 +83,7 @@ def test_quick_kernels_are_checked_against_float64(tmp_path):
         assert "max rel. error vs float64" in r["note"]
 
 
+@pytest.mark.slow
 def test_gpu_entry_skips_cleanly_without_gpu(tmp_path):
     import jax
 

@@ -104,20 +104,28 @@ def test_bad_index_is_named():
         pruned(jnp.zeros((1, 9, 9, 1)))
 
 
-def test_erf_with_fold_and_cone_equals_the_plain_map_float64():
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(fold=True, crop="cone"),
+        pytest.param(dict(fold=True), marks=pytest.mark.slow),
+        pytest.param(dict(crop="cone"), marks=pytest.mark.slow),
+    ],
+)
+def test_erf_with_fold_and_cone_equals_the_plain_map_float64(options):
     """effective_receptive_field(..., fold=True, crop="cone") on a small zoo ResNet: the same
-    map as the plain computation (the fold and the pruning change no value)."""
+    map as the plain computation (the fold and the pruning change no value); each alone in the
+    slow set."""
     with jax.enable_x64(True):
         net = _resnet()
         xs = jax.random.normal(jax.random.key(4), (3, 40, 40, 3), jnp.float64)
         kw = dict(index=(1, 0), reduce="signed", progress=False, lowering="none")
         plain = jaxrf.effective_receptive_field(net, xs, **kw)
-        for options in (dict(fold=True), dict(crop="cone"), dict(fold=True, crop="cone")):
-            got = jaxrf.effective_receptive_field(net, xs, **kw, **options)
-            assert got.map.shape == (40, 40) and got.count == 3
-            assert got.index == (1, 0) and got.output_shape == plain.output_shape
-            diff = np.abs(got.map - plain.map).max()
-            assert diff <= 1e-12 * np.abs(plain.map).max(), (options, diff)
+        got = jaxrf.effective_receptive_field(net, xs, **kw, **options)
+    assert got.map.shape == (40, 40) and got.count == 3
+    assert got.index == (1, 0) and got.output_shape == plain.output_shape
+    diff = np.abs(got.map - plain.map).max()
+    assert diff <= 1e-12 * np.abs(plain.map).max(), (options, diff)
 
 
 def test_erf_cone_errors_are_named():

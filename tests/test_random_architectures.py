@@ -628,8 +628,11 @@ def box_of(mask: np.ndarray):
     return jaxrf._probe.mask_box(mask)
 
 
-def compare(net: Net, *, cross_check: bool = False, rules=None) -> None:
-    """Assert analytic == measured at every output position (and the public APIs agree)."""
+def compare(net: Net, *, cross_check: bool = False, rules=None, colouring=None) -> None:
+    """Assert analytic == measured at every output position (and the public APIs agree).
+
+    ``cross_check``: also the Jacobian reference and, unless ``colouring`` is False,
+    :func:`jaxrf.support_map` against the per-position ground truth."""
     fn = build(net)
     x = jnp.zeros(net.input_shape, jnp.float32)
     with warnings.catch_warnings():  # random branches are often misaligned, and attention
@@ -650,7 +653,8 @@ def compare(net: Net, *, cross_check: bool = False, rules=None) -> None:
     check_size_stride_padding(rf, masks)
     if cross_check:
         jacobian_inside_structural(fn, net, masks)
-        colouring_matches(fn, x, net, masks)
+        if colouring is not False:
+            colouring_matches(fn, x, net, masks)
 
 
 def colouring_matches(fn, x, net: Net, masks: np.ndarray) -> None:
@@ -777,8 +781,8 @@ def test_every_operation_at_least_once(op, data):
     """Each operation of the generator, as the first node of a random network."""
     net = data.draw(nets(first=op, max_nodes=2))
     assume(net.nodes[0].op == op)
-    try:
-        compare(net, cross_check=True)
+    try:  # support_map's colouring: in the random draws (the slow set colours 130 more)
+        compare(net, cross_check=True, colouring=False)
     except TypeError as error:
         assume(SIZE_ONE_RESHAPE not in str(error))
         raise

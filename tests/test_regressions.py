@@ -428,3 +428,35 @@ def test_sort_along_a_split_axis_digit():
     assert before == [((0, 10),), ((1, 11),)] * 6
     assert analytic_boxes(sorted_digit, x) == [((0, 11),)] * 6
     assert measured_boxes(sorted_digit, x) == [((0, 11),)] * 6
+
+
+# ---------------------------------------------------------------------------------------
+# Open: a residual add around a channel contraction after a space-to-depth (found by the same
+# exploration: a token-wise MLP ``tanh(t @ W) + t`` on the tokens of a space-to-depth map).
+# The contraction removes the channel-held digit from one branch (it indexes the 2x coarser
+# grid) while the skip branch keeps indexing the fine grid, and the merge refuses the two
+# shapes with a ValueError (a clear error, not a wrong answer). The fix re-expands the
+# removed digit in the merge (fine pixel 2q + d reads what coarse q reads). Written with
+# plain arrays, as here, the add raises the walker's TypeError naming the primitive and the
+# escape hatches; on a token sequence (the exploration's case) the merge's ValueError.
+# ---------------------------------------------------------------------------------------
+
+
+def residual_mlp_after_space_to_depth(x):
+    t = space_to_depth_2(x)
+    w = jnp.ones((t.shape[-1], t.shape[-1]), t.dtype)
+    return jnp.tanh(t @ w) + t
+
+
+@pytest.mark.xfail(strict=True, raises=TypeError, reason="open: the add cannot merge the grids")
+def test_residual_mlp_after_space_to_depth():
+    """12 pixels, 2 channels. Hand derivation: output ``(q, channel)`` reads pixels ``2q`` and
+    ``2q + 1`` through the MLP (it sums every channel), and one of them through the skip: the
+    union over channels is ``[2q, 2q + 1]``, on 6 positions."""
+    x = jnp.zeros((1, 12, 2), jnp.float32)
+    expected = [((2 * q, 2 * q + 1),) for q in range(6)]
+    assert measured_boxes(residual_mlp_after_space_to_depth, x) == expected
+    assert channel_sum(residual_mlp_after_space_to_depth(x)).shape == (1, 6, 1)
+    assert analytic_boxes(lambda x: channel_sum(residual_mlp_after_space_to_depth(x)), x) == [
+        ((2 * q, 2 * q + 1),) for q in range(6)
+    ]
