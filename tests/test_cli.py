@@ -225,6 +225,7 @@ def test_rgb_photo_for_a_grey_network_needs_convert(user_file, capsys):
 HAS_LAYER_TAPS = "layer" in inspect.signature(jaxrf.effective_receptive_field).parameters
 
 
+@pytest.mark.slow  # 6 s; CI runs the slow set after the default run
 @pytest.mark.skipif(not HAS_LAYER_TAPS, reason="needs effective_receptive_field(layer=)")
 def test_erf_at_a_named_layer_on_a_folder(tmp_path, capsys):
     # torchvision ResNet-50 at 32x32, after layer1 (hand derivation in jaxrf/models/resnet.py):

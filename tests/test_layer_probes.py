@@ -76,6 +76,7 @@ def test_gradient_map_and_measured_field_of_a_layer():
     np.testing.assert_array_equal(measured.mask, measured_by_hand.mask)
 
 
+@pytest.mark.slow  # 6 s; CI runs the slow set after the default run
 def test_erf_of_several_layers_equals_each_network_cut_by_hand():
     """One forward pass shared by both layers' backward passes, float64 maps to 1e-10."""
     with jax.enable_x64(True):

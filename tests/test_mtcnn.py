@@ -109,6 +109,7 @@ def test_missing_wheel_names_the_extra(monkeypatch):
         mtcnn.weights_path("pnet")
 
 
+@pytest.mark.slow  # 6 s; CI runs the slow set after the default run
 def test_experiment_measures_one_network(monkeypatch):
     # Smoke test of experiments/erf_trained_vs_random.py on 4 LFW faces: P-Net's unit reads the
     # whole 12x12 input (RF 12, hand-derived), so its ERF lies inside it and the Luo size is at

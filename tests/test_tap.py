@@ -57,6 +57,7 @@ def test_taps_equal_hand_truncation():
     np.testing.assert_array_equal(np.asarray(jitted(x)), np.asarray(want_stem))
 
 
+@pytest.mark.slow  # 10 s; CI runs the slow set after the default run
 def test_unknown_layer_names_the_layers():
     model, params, x = _setup()
     fn = lambda v: model.apply(params, v)  # noqa: E731

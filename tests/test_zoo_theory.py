@@ -47,7 +47,7 @@ CASES = [
     ("alexnet_v2", 132, True, "corners", 0, NARROW, False),
     # Corner regions [0, 188] / [0, 243] / [0, 345]: RF 315 / 483 / 691, P 126 / 239 / 345.
     ("mobilenet_v1", 192, False, "corners", 0, NARROW, True),  # slow: as mobilenet_v1@224
-    ("resnet_v1_50", 256, False, "corners", 0, NARROW, False),
+    ("resnet_v1_50", 256, False, "corners", 0, NARROW, True),  # 10 s: slow set
     ("deeplab_os8", 353, False, "corners", 0, {}, False),
     # Slow: structurally identical variants, and the heavier nets.
     ("distill_misaligned", 16, True, "border", 4, {}, True),
