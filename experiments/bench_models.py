@@ -11,16 +11,26 @@ import jaxrf
 import jaxrf.models
 
 
-def resnet_setup(quick: bool, dtype=jnp.float32):
-    """(net, variables, layers): ResNet-50 (quick: 1-1-1-1 blocks at width 1/8)."""
+def resnet_parts(quick: bool, dtype=jnp.float32):
+    """(apply(params, x), variables, layers): ResNet-50 (quick: 1-1-1-1 blocks at width 1/8)."""
     layers = (1, 1, 1, 1) if quick else (3, 4, 6, 3)
     width = 0.125 if quick else 1.0
     entry = jaxrf.models.get("resnet50_torchvision")
     variables = entry.init(jax.random.key(0), (1, 64, 64, 3), layers=layers, width=width)
     variables = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), variables)
 
+    def apply(params, x):
+        return entry.apply(params, x, layers=layers, width=width)
+
+    return apply, variables, layers
+
+
+def resnet_setup(quick: bool, dtype=jnp.float32):
+    """(net, variables, layers): :func:`resnet_parts` with the weights closed over."""
+    apply, variables, layers = resnet_parts(quick, dtype)
+
     def net(x):
-        return entry.apply(variables, x, layers=layers, width=width)
+        return apply(variables, x)
 
     return net, variables, layers
 

@@ -45,7 +45,7 @@ import _common  # noqa: E402
 from bench_common import block, compiled_flops, machine, matmul_flops, once  # noqa: E402
 from bench_erf import peak_rss, pruned_relu, relu_of, reset_peak  # noqa: E402
 from bench_kernels import section_kernels  # noqa: E402
-from bench_models import erf_one, resnet_setup  # noqa: E402
+from bench_models import erf_one, resnet_parts, resnet_setup  # noqa: E402
 
 import jaxrf  # noqa: E402
 from jaxrf import _erf, _xla  # noqa: E402
@@ -257,7 +257,7 @@ def memory_child(quick: bool, weights: str) -> None:
     XLA compiles them in and folds their layout changes). ``"arguments"``: the same weights
     given through ``init_fn`` (``fn(params, x)``), so the step takes them as arguments.
     """
-    net, variables, layers = resnet_setup(quick)
+    apply, variables, _ = resnet_parts(quick)
     n = 64 if quick else 224
     xs = jax.random.normal(jax.random.key(2), (8, n, n, 3), jnp.float32)
     mib = 1 / 1024
@@ -283,16 +283,15 @@ def memory_child(quick: bool, weights: str) -> None:
 
     _erf._BATCH_SUM["lowered"] = phased
     if weights == "constants":
-        jaxrf.effective_receptive_field(relu_of(net), xs, batch_size=8, reduce="positive")
+        net = relu_of(lambda x: apply(variables, x))
+        jaxrf.effective_receptive_field(net, xs, batch_size=8, reduce="positive")
     else:
-        entry = jaxrf.models.get("resnet50_torchvision")
-        width = 0.125 if quick else 1.0
-
-        def fn(params, x):
-            return jax.nn.relu(entry.apply(params, x, layers=layers, width=width))
-
         jaxrf.effective_receptive_field(
-            fn, xs, batch_size=8, reduce="positive", init_fn=lambda key: variables
+            lambda params, x: jax.nn.relu(apply(params, x)),
+            xs,
+            batch_size=8,
+            reduce="positive",
+            init_fn=lambda key: variables,
         )
     print("MEMORY " + json.dumps(out), flush=True)
 

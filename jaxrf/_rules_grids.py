@@ -462,12 +462,12 @@ def rev(ctx, eqn, inputs):
             raise Mixing(f"a reversal of a flattened axis {label}")
         name = name or ctx.name("rev")
         if isinstance(label, Part):  # one digit of a split axis: reverse that digit
-            axis, pattern = label.axis, _digit_reversal(label.sizes, label.k)
-        elif isinstance(label, int):
-            axis, pattern = label, np.eye(state.shape[label], dtype=bool)[::-1]
+            axis, sizes, k = label.axis, label.sizes, label.k
+        elif isinstance(label, int):  # a whole axis: its one digit
+            axis, sizes, k = label, (state.shape[label],), 0
         else:
             raise Mixing(f"a reversal of axis {label}")
-        state = pattern_through(state, axis, pattern, name)
+        state = pattern_through(state, axis, _digit_reversal(sizes, k), name)
     if name is None:
         return [Dependent(state, x.axes)]
     return Result((Dependent(state, x.axes),), (ctx.layer(state, name, "rev"),))
