@@ -43,7 +43,7 @@ def _grad(fn, x):
     return jax.grad(lambda v: jnp.sum(jax.nn.relu(fn(v))[:, 1, 1, :]))(x)
 
 
-@pytest.mark.slow  # ~30 s: the layout tests below check folding in the default run
+@pytest.mark.slow  # ~30 s: CI runs the slow set after the default run
 def test_zoo_resnet_folds_every_batch_norm_float64():
     with jax.enable_x64(True):
         entry = jaxrf.models.get("resnet50_torchvision")
@@ -73,7 +73,8 @@ def _conv(x, w, layout):
     return lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn)
 
 
-@pytest.mark.parametrize("layout", ["NHWC", pytest.param("NCHW", marks=pytest.mark.slow)])
+@pytest.mark.slow  # 14 s; the fold + cone ERF test of test_prune folds in the default run
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
 def test_layouts_and_every_affine_step(layout):
     """BN-like (y - m) * s + b, LayerScale (C,), fixed scalar scale, c - y and y / c."""
     with jax.enable_x64(True):

@@ -521,6 +521,7 @@ class _Residual(nn.Module):
         return nn.Conv(3, (1, 1), strides=(2, 2), param_dtype=x.dtype)(x)
 
 
+@pytest.mark.slow  # 5 s; CI runs the slow set after the default run
 def test_erf_lowerings_agree_float64():
     with jax.enable_x64(True):
         model = _Residual()

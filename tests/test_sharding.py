@@ -8,6 +8,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 SCRIPT = textwrap.dedent(
     """
     import jax, jax.numpy as jnp, numpy as np
@@ -32,6 +34,7 @@ SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # 5 s; CI runs the slow set after the default run
 def test_erf_on_four_forced_host_devices_equals_one_device():
     env = dict(
         os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu"

@@ -80,7 +80,7 @@ CASES = {
 
 
 #: 11 s each; CI runs them in the slow set.
-_SLOW_CASES = {"maxvit_block", "shuffle_decoder"}
+_SLOW_CASES = {"maxvit_block", "shuffle_decoder", "swin_pair"}
 
 
 @pytest.mark.parametrize(
